@@ -1,0 +1,128 @@
+//! `ckan-vault restore SNAPSHOT --db URL …`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use ckan_vault::pg::{ConnInfo, Target};
+use ckan_vault::report;
+use ckan_vault::restore::{RestoreOutcome, RestorePlan};
+
+use super::{Global, UsageError};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// `latest`, `latest~N` or a snapshot id
+    #[arg(default_value = "latest")]
+    snapshot: String,
+    /// Restore the main database into this database (created if missing)
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Restore the DataStore database into this database
+    #[arg(long, value_name = "URL")]
+    datastore_db: Option<String>,
+    /// Apply the cluster's roles and grants through this superuser connection
+    #[arg(long, value_name = "URL")]
+    globals_db: Option<String>,
+    /// Write the storage files into this directory
+    #[arg(long, value_name = "DIR")]
+    storage: Option<PathBuf>,
+    /// Replace objects in a non-empty database and overwrite storage files
+    #[arg(long)]
+    clean: bool,
+    /// Run the PostgreSQL programs as this OS user (peer authentication)
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+}
+
+fn target(url: &str, run_as: &Option<String>) -> Result<Target> {
+    let mut t = Target::new(ConnInfo::parse(url).map_err(|e| UsageError(e.to_string()))?);
+    t.run_as = run_as.clone();
+    Ok(t)
+}
+
+pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
+    if args.db.is_none()
+        && args.datastore_db.is_none()
+        && args.storage.is_none()
+        && args.globals_db.is_none()
+    {
+        return Err(UsageError(
+            "nothing to restore; give --db, --datastore-db, --globals-db and/or --storage".into(),
+        )
+        .into());
+    }
+    let plan = RestorePlan {
+        main: args
+            .db
+            .as_deref()
+            .map(|u| target(u, &args.run_as))
+            .transpose()?,
+        datastore: args
+            .datastore_db
+            .as_deref()
+            .map(|u| target(u, &args.run_as))
+            .transpose()?,
+        globals: args
+            .globals_db
+            .as_deref()
+            .map(|u| target(u, &args.run_as))
+            .transpose()?,
+        storage: args.storage.clone(),
+        clean: args.clean,
+        keep_privileges: false,
+    };
+    let loaded = g.load()?;
+    let vault = super::open_vault(&loaded)?;
+    let pg = ckan_vault::pg::Pg::new()?;
+    let out = ckan_vault::restore::run(&vault, &pg, &args.snapshot, &plan)?;
+    let ok = out.verified();
+    let mut json = serde_json::to_value(&out)?;
+    json["ok"] = ok.into();
+    g.print(&json, &human(&out));
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn human(out: &RestoreOutcome) -> String {
+    let mut s = format!("restored snapshot {}\n", &out.snapshot[..8]);
+    for d in &out.databases {
+        s.push_str(&format!(
+            "  {} → {}: {} tables, {} rows, {} in {} (verified in {})\n",
+            d.role,
+            d.database,
+            d.tables,
+            d.rows,
+            report::bytes(d.bytes),
+            report::duration(d.restore_seconds),
+            report::duration(d.verify_seconds)
+        ));
+        for m in d.mismatches.iter().take(10) {
+            s.push_str(&format!("    MISMATCH {}: {}\n", m.table, m.detail));
+        }
+    }
+    if let Some(n) = out.globals_errors {
+        s.push_str(&format!(
+            "  globals applied ({n} errors, e.g. roles that already existed)\n"
+        ));
+    }
+    if let Some(st) = &out.storage {
+        s.push_str(&format!(
+            "  storage: {} files, {}\n",
+            st.files,
+            report::bytes(st.bytes)
+        ));
+        for m in st.mismatches.iter().chain(&st.missing).take(10) {
+            s.push_str(&format!("    MISMATCH storage/{m}\n"));
+        }
+    }
+    s.push_str(if out.verified() {
+        "every table and file matches the manifest\n"
+    } else {
+        "FAILED: the restore does not match the manifest\n"
+    });
+    s
+}

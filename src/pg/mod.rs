@@ -1,0 +1,348 @@
+//! PostgreSQL through its own programs: pg_dump, pg_restore, pg_dumpall, psql, initdb.
+//!
+//! Using the programs rather than a wire-protocol library keeps ckan-vault's dumps exactly the
+//! ones operators know, works with peer authentication as `postgres`, and picks the binaries
+//! that match the server's major version.
+
+pub mod archive;
+pub mod checksum;
+pub mod cluster;
+pub mod conninfo;
+pub mod tools;
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+
+pub use conninfo::ConnInfo;
+pub use tools::{BinDir, PgEnv};
+
+use checksum::{LineSummer, TableSum};
+
+/// Errors from PostgreSQL programs. None of them carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error(transparent)]
+    ConnInfo(#[from] conninfo::ConnInfoError),
+    #[error(
+        "cannot connect to {target}: {detail}; check that the server runs and the URL, user and password are right"
+    )]
+    Connect { target: String, detail: String },
+    #[error(
+        "PostgreSQL server programs (initdb, pg_ctl) not found; install them, e.g. `apt-get install postgresql`"
+    )]
+    ServerMissing,
+    #[error(
+        "cannot run {program}: {source}; is the PostgreSQL client installed (`apt-get install postgresql-client`)?"
+    )]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} failed ({status}): {stderr}")]
+    Failed {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("unexpected answer from the server: {0}")]
+    Unexpected(String),
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    #[error("I/O error: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+impl crate::error::Categorized for PgError {
+    fn category(&self) -> crate::error::Category {
+        use crate::error::Category;
+        match self {
+            PgError::ConnInfo(_) | PgError::Connect { .. } | PgError::ServerMissing => {
+                Category::Usage
+            }
+            _ => Category::Failure,
+        }
+    }
+}
+
+/// Facts about a server, recorded in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerInfo {
+    pub version_num: u32,
+    pub version: String,
+    pub encoding: String,
+    /// `pg_current_wal_lsn()` when the dump started (absent on a standby).
+    pub wal_lsn: Option<String>,
+}
+
+impl ServerInfo {
+    pub fn major(&self) -> u32 {
+        self.version_num / 10000
+    }
+}
+
+/// A handle for running PostgreSQL programs with a shared private environment.
+pub struct Pg {
+    env: PgEnv,
+}
+
+/// How to reach one database: where, as whom, with which binaries.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub conn: ConnInfo,
+    /// Run the programs as this OS user (peer authentication as `postgres` when root).
+    pub run_as: Option<String>,
+    pub bindir: BinDir,
+}
+
+impl Target {
+    pub fn new(conn: ConnInfo) -> Self {
+        Self {
+            conn,
+            run_as: None,
+            bindir: BinDir::for_major(None),
+        }
+    }
+
+    pub fn with_dbname(&self, db: &str) -> Self {
+        Self {
+            conn: self.conn.with_dbname(db),
+            ..self.clone()
+        }
+    }
+}
+
+impl Pg {
+    pub fn new() -> Result<Self, PgError> {
+        Ok(Self { env: PgEnv::new()? })
+    }
+
+    /// A command for a PostgreSQL program against `t` (conninfo still to be added).
+    pub fn command(&self, t: &Target, program: &str) -> Result<Command, PgError> {
+        self.env
+            .command(&t.bindir.program(program), &t.conn, t.run_as.as_deref())
+    }
+
+    fn psql(&self, t: &Target) -> Result<Command, PgError> {
+        let mut c = self.command(t, "psql")?;
+        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(t.conn.to_conninfo());
+        Ok(c)
+    }
+
+    /// Runs SQL and returns its unaligned, tuples-only output.
+    pub fn query(&self, t: &Target, sql: &str) -> Result<String, PgError> {
+        let mut c = self.psql(t)?;
+        c.arg("-c").arg(sql);
+        let out = tools::run_capture(c, "psql").map_err(|e| self.connect_error(t, e))?;
+        Ok(String::from_utf8_lossy(&out).trim_end().to_string())
+    }
+
+    fn connect_error(&self, t: &Target, e: PgError) -> PgError {
+        match e {
+            PgError::Failed { stderr, .. }
+                if stderr.contains("connection to server")
+                    || stderr.contains("could not connect")
+                    || stderr.contains("authentication failed")
+                    || stderr.contains("does not exist") && stderr.contains("database") =>
+            {
+                PgError::Connect {
+                    target: t.conn.to_string(),
+                    detail: stderr,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Server version, encoding and WAL position of `t`'s database.
+    pub fn server_info(&self, t: &Target) -> Result<ServerInfo, PgError> {
+        let out = self.query(
+            t,
+            "SELECT current_setting('server_version_num'), current_setting('server_version'), \
+             pg_encoding_to_char(encoding), \
+             CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_current_wal_lsn()::text END \
+             FROM pg_database WHERE datname = current_database()",
+        )?;
+        let f: Vec<&str> = out.split('|').collect();
+        if f.len() != 4 {
+            return Err(PgError::Unexpected(out));
+        }
+        Ok(ServerInfo {
+            version_num: f[0].parse().map_err(|_| PgError::Unexpected(out.clone()))?,
+            version: f[1].to_string(),
+            encoding: f[2].to_string(),
+            wal_lsn: (!f[3].is_empty()).then(|| f[3].to_string()),
+        })
+    }
+
+    /// `pg_dump` in custom format without compression, writing to a pipe (not started).
+    pub fn dump_command(&self, t: &Target) -> Result<Command, PgError> {
+        let mut c = self.command(t, "pg_dump")?;
+        c.args(["--format=custom", "--compress=0", "--no-password", "-d"])
+            .arg(t.conn.to_conninfo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(c)
+    }
+
+    /// `pg_dumpall --globals-only` (roles, tablespaces, grants), writing to a pipe (not started).
+    pub fn globals_command(&self, t: &Target) -> Result<Command, PgError> {
+        let mut c = self.command(t, "pg_dumpall")?;
+        c.args(["--globals-only", "--no-password", "-d"])
+            .arg(t.conn.to_conninfo())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        Ok(c)
+    }
+
+    /// Starts `pg_restore` reading an archive from stdin into `t`.
+    pub fn spawn_restore(&self, t: &Target, extra: &[&str]) -> Result<Child, PgError> {
+        let mut c = self.command(t, "pg_restore")?;
+        c.args(["--no-owner", "--no-password", "--exit-on-error"])
+            .args(extra)
+            .arg("-d")
+            .arg(t.conn.to_conninfo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().map_err(|source| PgError::Spawn {
+            program: "pg_restore".into(),
+            source,
+        })
+    }
+
+    /// Starts `psql` running an SQL script from stdin against `t` (for globals).
+    pub fn spawn_sql(&self, t: &Target) -> Result<Child, PgError> {
+        let mut c = self.command(t, "psql")?;
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=0", "-d"])
+            .arg(t.conn.to_conninfo())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c.spawn().map_err(|source| PgError::Spawn {
+            program: "psql".into(),
+            source,
+        })
+    }
+
+    /// Creates database `name` (owned by the connecting user) unless it exists.
+    /// Returns whether it was created.
+    pub fn create_database(&self, admin: &Target, name: &str) -> Result<bool, PgError> {
+        let exists = self.query(
+            admin,
+            &format!(
+                "SELECT 1 FROM pg_database WHERE datname = {}",
+                literal(name)
+            ),
+        )?;
+        if exists == "1" {
+            return Ok(false);
+        }
+        self.query(
+            admin,
+            &format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'UTF8'",
+                ident(name)
+            ),
+        )?;
+        Ok(true)
+    }
+
+    /// Drops database `name` if it exists, disconnecting its sessions.
+    pub fn drop_database(&self, admin: &Target, name: &str) -> Result<(), PgError> {
+        self.query(
+            admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(name)),
+        )?;
+        Ok(())
+    }
+
+    /// User tables (`schema.table`) of `t`'s database, outside the system schemas.
+    pub fn list_tables(&self, t: &Target) -> Result<Vec<String>, PgError> {
+        let out = self.query(
+            t,
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1",
+        )?;
+        Ok(out
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
+    /// Sums a table's rows exactly as the manifest did, from `COPY … TO STDOUT`.
+    ///
+    /// `copy_from` is pg_dump's `COPY schema.table (cols) FROM stdin;` so that the column list
+    /// matches the dump's; `encoding` is the dumped database's encoding.
+    pub fn copy_sum(
+        &self,
+        t: &Target,
+        copy_from: &str,
+        encoding: Option<&str>,
+    ) -> Result<TableSum, PgError> {
+        let head = copy_from
+            .trim()
+            .strip_suffix("FROM stdin;")
+            .ok_or_else(|| PgError::Unexpected(format!("not a COPY statement: {copy_from}")))?;
+        let enc = encoding
+            .map(|e| format!(" WITH (ENCODING {})", literal(e)))
+            .unwrap_or_default();
+        let sql = format!("{head}TO STDOUT{enc}");
+        let mut c = self.command(t, "psql")?;
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(t.conn.to_conninfo())
+            .arg("-c")
+            .arg(&sql)
+            .env(
+                "PGOPTIONS",
+                "-c extra_float_digits=3 -c IntervalStyle=postgres",
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| PgError::Spawn {
+            program: "psql".into(),
+            source,
+        })?;
+        let mut err = child.stderr.take().expect("piped");
+        let errs = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        let mut out = child.stdout.take().expect("piped");
+        let mut summer = LineSummer::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = out.read(&mut buf).map_err(PgError::Io)?;
+            if n == 0 {
+                break;
+            }
+            summer.feed(&buf[..n]);
+        }
+        let status = child.wait().map_err(PgError::Io)?;
+        let stderr = errs.join().unwrap_or_default();
+        if !status.success() {
+            return Err(PgError::Failed {
+                program: "psql COPY".into(),
+                status: status.to_string(),
+                stderr: tools::last_lines(&stderr),
+            });
+        }
+        summer
+            .finish()
+            .map_err(|n| PgError::Unexpected(format!("COPY output ended inside a row ({n} bytes)")))
+    }
+}
+
+/// An SQL identifier, quoted.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// An SQL string literal, quoted.
+pub fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}

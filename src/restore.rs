@@ -1,0 +1,594 @@
+//! Restore: from a backup snapshot back into PostgreSQL and onto disk, verified.
+//!
+//! Each dump streams from the vault straight into `pg_restore` (no temporary file). On the
+//! way its size and SHA-256 are compared with the manifest, and the archive is parsed again
+//! so the rows that went in are known; afterwards every table of the restored database is
+//! summed with `COPY … TO STDOUT` and compared with the manifest.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Categorized, Category};
+use crate::manifest::{self, DatabaseRecord, Manifest, ManifestError};
+use crate::pg::archive::ArchiveTap;
+use crate::pg::{Pg, PgError, Target};
+use crate::vault::{Kind, Snapshot, Vault, VaultError, VaultReader};
+
+/// Restore errors. None carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(
+        "snapshot {0} has no readable manifest ({1}); it is not a complete backup, pick another with `ckan-vault snapshots`"
+    )]
+    NoManifest(String, String),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("no complete backup matches `{0}`; list them with `ckan-vault snapshots`")]
+    NoBackup(String),
+    #[error("database {0} already has tables; restore into an empty database or pass --clean")]
+    NotEmpty(String),
+    #[error("the snapshot has no {0}")]
+    Missing(String),
+    #[error("{path} exists in {dir}; restore storage into an empty directory or pass --clean")]
+    StorageExists { dir: PathBuf, path: String },
+    #[error("pg_restore into {database} failed: {detail}")]
+    PgRestore { database: String, detail: String },
+    #[error(
+        "{path} read from the vault does not match the manifest ({detail}); the vault may be damaged: run `ckan-vault check --read-data`"
+    )]
+    StreamMismatch { path: String, detail: String },
+    #[error("I/O error on {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl Categorized for RestoreError {
+    fn category(&self) -> Category {
+        match self {
+            RestoreError::Pg(e) => e.category(),
+            RestoreError::Vault(e) => e.category(),
+            RestoreError::NoBackup(_)
+            | RestoreError::NotEmpty(_)
+            | RestoreError::StorageExists { .. } => Category::Usage,
+            _ => Category::Failure,
+        }
+    }
+}
+
+/// A backup snapshot with its manifest.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub snapshot: Snapshot,
+    pub manifest: Manifest,
+}
+
+/// Reads a snapshot's manifest.
+pub fn read_manifest(reader: &VaultReader, snap: &Snapshot) -> Result<Manifest, RestoreError> {
+    let bytes = reader
+        .read(snap, manifest::MANIFEST_PATH, manifest::MAX_MANIFEST_BYTES)
+        .map_err(|e| RestoreError::NoManifest(snap.id.to_string(), e.to_string()))?;
+    Ok(Manifest::parse(&bytes)?)
+}
+
+/// Finds a complete backup by `latest`, `latest~N` or id: snapshots without a readable
+/// manifest are skipped for `latest…` and refused by id.
+pub fn find_backup(reader: &VaultReader<'_>, spec: &str) -> Result<Backup, RestoreError> {
+    let all = reader.snapshots(Kind::Backup)?;
+    if spec == "latest" || spec.starts_with("latest~") {
+        let skip: usize = match spec.strip_prefix("latest~") {
+            Some(n) => n
+                .parse()
+                .map_err(|_| RestoreError::NoBackup(spec.to_string()))?,
+            None => 0,
+        };
+        let mut seen = 0;
+        for snap in all.iter().rev() {
+            match read_manifest(reader, snap) {
+                Ok(manifest) => {
+                    if seen == skip {
+                        return Ok(Backup {
+                            snapshot: snap.clone(),
+                            manifest,
+                        });
+                    }
+                    seen += 1;
+                }
+                Err(e) => log::warn!("skipping snapshot {}: {e}", snap.id),
+            }
+        }
+        return Err(RestoreError::NoBackup(spec.to_string()));
+    }
+    let snapshot = Vault::pick(&all, spec, Kind::Backup)?;
+    let manifest = read_manifest(reader, &snapshot)?;
+    Ok(Backup { snapshot, manifest })
+}
+
+/// What to restore where.
+#[derive(Debug, Clone, Default)]
+pub struct RestorePlan {
+    pub main: Option<Target>,
+    pub datastore: Option<Target>,
+    /// A superuser connection to apply `db/globals.sql` through.
+    pub globals: Option<Target>,
+    pub storage: Option<PathBuf>,
+    /// Drop and recreate objects in a non-empty target database / overwrite storage files.
+    pub clean: bool,
+    /// Keep GRANTs even without restoring globals (the roles must exist).
+    pub keep_privileges: bool,
+}
+
+/// One table that did not come back as dumped.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TableMismatch {
+    pub table: String,
+    pub detail: String,
+}
+
+/// The check of one restored database against the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseReport {
+    pub role: String,
+    pub database: String,
+    pub bytes: u64,
+    pub restore_seconds: f64,
+    pub verify_seconds: f64,
+    pub tables: usize,
+    pub rows: u64,
+    pub mismatches: Vec<TableMismatch>,
+    /// Tables present in the restored database but not in the manifest.
+    pub extra_tables: Vec<String>,
+    pub pg_restore_warnings: Vec<String>,
+}
+
+/// The storage restore.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StorageReport {
+    pub files: u64,
+    pub bytes: u64,
+    pub mismatches: Vec<String>,
+    pub missing: Vec<String>,
+}
+
+/// Everything a restore did and found.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreOutcome {
+    pub snapshot: String,
+    pub databases: Vec<DatabaseReport>,
+    pub globals_errors: Option<usize>,
+    pub storage: Option<StorageReport>,
+    pub seconds: f64,
+}
+
+impl RestoreOutcome {
+    /// True when every restored table and file matched the manifest.
+    pub fn verified(&self) -> bool {
+        self.databases.iter().all(|d| d.mismatches.is_empty())
+            && self
+                .storage
+                .as_ref()
+                .is_none_or(|s| s.mismatches.is_empty() && s.missing.is_empty())
+    }
+}
+
+/// Hashes and parses what goes into pg_restore.
+struct TeeWriter<W: Write> {
+    inner: W,
+    sha: Sha256,
+    size: u64,
+    tap: ArchiveTap,
+}
+
+impl<W: Write> Write for TeeWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        self.tap.feed(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Restores one database dump from a backup into `target` (created if missing).
+pub fn restore_database(
+    pg: &Pg,
+    reader: &VaultReader,
+    backup: &Backup,
+    role: &str,
+    target: &Target,
+    plan: &RestorePlan,
+) -> Result<DatabaseReport, RestoreError> {
+    let record = backup
+        .manifest
+        .databases
+        .get(role)
+        .ok_or_else(|| RestoreError::Missing(format!("{role} database")))?;
+    let dbname = target.conn.database().to_string();
+    let admin = target.with_dbname("postgres");
+    let created = pg.create_database(&admin, &dbname)?;
+    if !created && !plan.clean && !pg.list_tables(target)?.is_empty() {
+        return Err(RestoreError::NotEmpty(target.conn.to_string()));
+    }
+    let clock = Instant::now();
+    let mut extra: Vec<&str> = vec!["--single-transaction"];
+    if plan.clean {
+        extra.extend(["--clean", "--if-exists"]);
+    }
+    if !plan.keep_privileges && plan.globals.is_none() {
+        extra.push("--no-privileges");
+    }
+    let mut child = pg.spawn_restore(target, &extra)?;
+    let stdin = child.stdin.take().expect("stdin piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let errs = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut tee = TeeWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, stdin),
+        sha: Sha256::new(),
+        size: 0,
+        tap: ArchiveTap::new(),
+    };
+    let dumped = reader.dump(&backup.snapshot, &record.path, &mut tee);
+    let flushed = tee.flush();
+    let TeeWriter {
+        inner,
+        sha,
+        size,
+        tap,
+    } = tee;
+    drop(inner);
+    let status = child.wait().map_err(|source| RestoreError::Io {
+        path: "pg_restore".into(),
+        source,
+    })?;
+    let stderr = errs.join().unwrap_or_default();
+    if !status.success() {
+        return Err(RestoreError::PgRestore {
+            database: target.conn.to_string(),
+            detail: format!("{status}: {}", crate::pg::tools::last_lines(&stderr)),
+        });
+    }
+    dumped?;
+    flushed.map_err(|source| RestoreError::Io {
+        path: record.path.clone(),
+        source,
+    })?;
+    check_stream(
+        &backup.manifest,
+        &record.path,
+        size,
+        &hex::encode(sha.finalize()),
+    )?;
+    let streamed = tap.finish().map_err(|e| RestoreError::StreamMismatch {
+        path: record.path.clone(),
+        detail: e.to_string(),
+    })?;
+    if streamed.tables != record.dump.tables {
+        return Err(RestoreError::StreamMismatch {
+            path: record.path.clone(),
+            detail: "its rows differ from the manifest's".into(),
+        });
+    }
+    let restore_seconds = clock.elapsed().as_secs_f64();
+    let verify = Instant::now();
+    let (mismatches, extra_tables) = verify_database(pg, target, record)?;
+    Ok(DatabaseReport {
+        role: role.to_string(),
+        database: dbname,
+        bytes: size,
+        restore_seconds,
+        verify_seconds: verify.elapsed().as_secs_f64(),
+        tables: record.dump.tables.len(),
+        rows: record.dump.tables.values().map(|t| t.sum.rows).sum(),
+        mismatches,
+        extra_tables,
+        pg_restore_warnings: String::from_utf8_lossy(&stderr)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+fn check_stream(
+    manifest: &Manifest,
+    path: &str,
+    size: u64,
+    sha256: &str,
+) -> Result<(), RestoreError> {
+    let Some(rec) = manifest.streams.get(path) else {
+        return Err(RestoreError::StreamMismatch {
+            path: path.to_string(),
+            detail: "the manifest does not list it".into(),
+        });
+    };
+    if rec.size != size || rec.sha256 != sha256 {
+        return Err(RestoreError::StreamMismatch {
+            path: path.to_string(),
+            detail: format!(
+                "{size} bytes with SHA-256 {}…, manifest says {} bytes with {}…",
+                &sha256[..12.min(sha256.len())],
+                rec.size,
+                &rec.sha256[..12.min(rec.sha256.len())]
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Compares every manifest table with the restored database; also lists extra tables.
+pub fn verify_database(
+    pg: &Pg,
+    target: &Target,
+    record: &DatabaseRecord,
+) -> Result<(Vec<TableMismatch>, Vec<String>), RestoreError> {
+    let present = pg.list_tables(target)?;
+    let mut mismatches = Vec::new();
+    for (name, table) in &record.dump.tables {
+        if !present.iter().any(|p| unquote(p) == unquote(name)) {
+            mismatches.push(TableMismatch {
+                table: name.clone(),
+                detail: "missing".into(),
+            });
+            continue;
+        }
+        match pg.copy_sum(target, &table.copy, record.dump.encoding.as_deref()) {
+            Ok(sum) if sum == table.sum => {}
+            Ok(sum) if sum.rows != table.sum.rows => mismatches.push(TableMismatch {
+                table: name.clone(),
+                detail: format!("{} rows, manifest says {}", sum.rows, table.sum.rows),
+            }),
+            Ok(_) => mismatches.push(TableMismatch {
+                table: name.clone(),
+                detail: "checksum differs (same row count)".into(),
+            }),
+            Err(e) => mismatches.push(TableMismatch {
+                table: name.clone(),
+                detail: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    let known: Vec<String> = record.dump.tables.keys().map(|k| unquote(k)).collect();
+    let extra = present
+        .into_iter()
+        .filter(|p| !known.contains(&unquote(p)))
+        .collect();
+    Ok((mismatches, extra))
+}
+
+/// pg_dump quotes names that need it (`public."user"`); the catalog does not.
+fn unquote(name: &str) -> String {
+    name.replace('"', "")
+}
+
+/// Applies `db/globals.sql` through a superuser connection; returns the number of errors
+/// (roles that already exist are expected ones).
+pub fn restore_globals(
+    pg: &Pg,
+    reader: &VaultReader,
+    backup: &Backup,
+    admin: &Target,
+) -> Result<usize, RestoreError> {
+    let Some(path) = &backup.manifest.globals.path else {
+        return Err(RestoreError::Missing(format!(
+            "globals ({})",
+            backup
+                .manifest
+                .globals
+                .skipped
+                .as_deref()
+                .unwrap_or("not dumped")
+        )));
+    };
+    let mut child = pg.spawn_sql(admin)?;
+    let stdin = child.stdin.take().expect("stdin piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let errs = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut w = HashingWriter {
+        inner: stdin,
+        sha: Sha256::new(),
+        size: 0,
+    };
+    let dumped = reader.dump(&backup.snapshot, path, &mut w);
+    let HashingWriter { inner, sha, size } = w;
+    drop(inner);
+    let _ = child.wait();
+    dumped?;
+    check_stream(&backup.manifest, path, size, &hex::encode(sha.finalize()))?;
+    let stderr = errs.join().unwrap_or_default();
+    let errors = String::from_utf8_lossy(&stderr)
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .count();
+    Ok(errors)
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    sha: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Restores (or, with `dest = None`, only reads and checks) the storage tree.
+pub fn restore_storage(
+    reader: &VaultReader,
+    backup: &Backup,
+    dest: Option<&Path>,
+    clean: bool,
+    sample_percent: f64,
+) -> Result<StorageReport, RestoreError> {
+    let mut report = StorageReport::default();
+    if backup.manifest.storage.is_none() {
+        return Ok(report);
+    }
+    let sums_text = reader
+        .read(&backup.snapshot, manifest::STORAGE_SUMS_PATH, 256 << 20)
+        .map_err(|e| RestoreError::Missing(format!("{} ({e})", manifest::STORAGE_SUMS_PATH)))?;
+    let sums = manifest::parse_storage_sums(&String::from_utf8_lossy(&sums_text))?;
+    let files = reader.walk(&backup.snapshot, manifest::STORAGE_DIR)?;
+    let mut in_snapshot: BTreeMap<String, ()> = BTreeMap::new();
+    let prefix = format!("{}/", manifest::STORAGE_DIR);
+    for (i, (path, node)) in files.iter().enumerate() {
+        let rel = path.strip_prefix(&prefix).unwrap_or(path).to_string();
+        in_snapshot.insert(rel.clone(), ());
+        if dest.is_none() && !sampled(i, sample_percent) {
+            continue;
+        }
+        let mut w = HashingWriter {
+            inner: open_dest(dest, &rel, clean)?,
+            sha: Sha256::new(),
+            size: 0,
+        };
+        reader.dump_node(node, &mut w)?;
+        w.flush().map_err(|source| RestoreError::Io {
+            path: rel.clone(),
+            source,
+        })?;
+        let hash = hex::encode(w.sha.finalize_reset());
+        report.files += 1;
+        report.bytes += w.size;
+        match sums.get(&rel) {
+            Some(h) if *h == hash && w.size == node.meta.size => {}
+            Some(_) => report.mismatches.push(rel),
+            None => report
+                .mismatches
+                .push(format!("{rel} (not in storage.sha256)")),
+        }
+    }
+    for name in sums.keys() {
+        if !in_snapshot.contains_key(name) {
+            report.missing.push(name.clone());
+        }
+    }
+    Ok(report)
+}
+
+fn sampled(index: usize, percent: f64) -> bool {
+    if percent >= 100.0 {
+        return true;
+    }
+    // Deterministic spread: file i is checked when it crosses a multiple of 100/percent.
+    let step = percent / 100.0;
+    ((index + 1) as f64 * step).floor() > (index as f64 * step).floor()
+}
+
+fn open_dest(dest: Option<&Path>, rel: &str, clean: bool) -> Result<Box<dyn Write>, RestoreError> {
+    let Some(dir) = dest else {
+        return Ok(Box::new(io::sink()));
+    };
+    let path = dir.join(rel);
+    if path.exists() && !clean {
+        return Err(RestoreError::StorageExists {
+            dir: dir.to_owned(),
+            path: rel.to_string(),
+        });
+    }
+    let io_err = |source| RestoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    let f = std::fs::File::create(&path).map_err(io_err)?;
+    Ok(Box::new(io::BufWriter::new(f)))
+}
+
+/// Runs a restore of everything `plan` asks for.
+pub fn run(
+    vault: &Vault,
+    pg: &Pg,
+    spec: &str,
+    plan: &RestorePlan,
+) -> Result<RestoreOutcome, RestoreError> {
+    let clock = Instant::now();
+    let reader = vault.reader()?;
+    let backup = find_backup(&reader, spec)?;
+    let mut globals_errors = None;
+    if let Some(admin) = &plan.globals {
+        globals_errors = Some(restore_globals(pg, &reader, &backup, admin)?);
+    }
+    let mut databases = Vec::new();
+    if let Some(t) = &plan.main {
+        databases.push(restore_database(pg, &reader, &backup, "main", t, plan)?);
+    }
+    if let Some(t) = &plan.datastore {
+        databases.push(restore_database(
+            pg,
+            &reader,
+            &backup,
+            "datastore",
+            t,
+            plan,
+        )?);
+    }
+    let storage = match &plan.storage {
+        Some(dir) => Some(restore_storage(
+            &reader,
+            &backup,
+            Some(dir),
+            plan.clean,
+            100.0,
+        )?),
+        None => None,
+    };
+    Ok(RestoreOutcome {
+        snapshot: backup.snapshot.id.to_string(),
+        databases,
+        globals_errors,
+        storage,
+        seconds: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// Streams one file of a backup to `w`, checking it against the manifest when listed.
+pub fn dump_file(
+    vault: &Vault,
+    spec: &str,
+    path: &str,
+    w: &mut impl Write,
+) -> Result<u64, RestoreError> {
+    let reader = vault.reader()?;
+    let backup = find_backup(&reader, spec)?;
+    let path = path.trim_start_matches('/');
+    let mut hw = HashingWriter {
+        inner: w,
+        sha: Sha256::new(),
+        size: 0,
+    };
+    reader.dump(&backup.snapshot, path, &mut hw)?;
+    let (size, hash) = (hw.size, hex::encode(hw.sha.finalize()));
+    if backup.manifest.streams.contains_key(path) {
+        check_stream(&backup.manifest, path, size, &hash)?;
+    }
+    Ok(size)
+}

@@ -1,0 +1,281 @@
+//! Backup and restore against a real PostgreSQL: round trip, dedup, fail-closed, errors,
+//! and Debian's restic reading the vault.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::pg::unique;
+use common::site::{Site, stderr};
+
+#[test]
+fn round_trip_restores_every_row_and_file() {
+    let site = Site::new(150);
+    let c = site.cluster();
+    let b = site.json(&["backup"]);
+    assert_eq!(b["ok"], true);
+    assert!(b["tables"].as_u64().unwrap() >= 10, "{b}");
+    assert_eq!(site.backups().len(), 1);
+
+    let main = unique("restored");
+    let ds = unique("restored_ds");
+    let out_dir = site.path().join("restored-storage");
+    let r = site.json(&[
+        "restore",
+        "latest",
+        "--db",
+        &c.url(&main),
+        "--datastore-db",
+        &c.url(&ds),
+        "--storage",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r["ok"], true, "{r}");
+    // Independent of ckan-vault's checksums: compare the rows themselves.
+    assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&main));
+    assert_eq!(c.fingerprint(&site.datastore_db), c.fingerprint(&ds));
+    for entry in walkdir::WalkDir::new(&site.storage).into_iter().flatten() {
+        if entry.file_type().is_file() {
+            let rel = entry.path().strip_prefix(&site.storage).unwrap();
+            assert_eq!(
+                std::fs::read(entry.path()).unwrap(),
+                std::fs::read(out_dir.join(rel)).unwrap(),
+                "{}",
+                rel.display()
+            );
+        }
+    }
+    // A second restore into the same, now non-empty, database is refused with a hint.
+    let again = site.cli(&["restore", "latest", "--db", &c.url(&main)]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("--clean"), "{}", stderr(&again));
+}
+
+#[test]
+fn second_backup_after_one_percent_churn_adds_little() {
+    let site = Site::new(1500);
+    let c = site.cluster();
+    let first = site.json(&["backup"]);
+    c.sql(&site.main_db, &site.sample.churn_sql(1.0, 1));
+    let second = site.json(&["backup"]);
+    let a = first["data_added"].as_f64().unwrap();
+    let b = second["data_added"].as_f64().unwrap();
+    eprintln!(
+        "day 2 added {b} bytes = {:.1} % of day 1 ({a})",
+        b / a * 100.0
+    );
+    assert!(b < a * 0.10, "day 2 added {b} bytes, day 1 {a}");
+    assert_eq!(site.backups().len(), 2);
+}
+
+/// A directory with pg_dump replaced by a wrapper script and the other tools linked.
+fn fake_bindir(site: &Site, pg_dump_script: &str) -> std::path::PathBuf {
+    let real = ckan_vault::pg::BinDir::for_major(None);
+    let dir = site.path().join(format!("bin-{}", unique("b")));
+    std::fs::create_dir(&dir).unwrap();
+    for tool in ["psql", "pg_dumpall", "pg_restore"] {
+        std::os::unix::fs::symlink(real.program(tool), dir.join(tool)).unwrap();
+    }
+    let script = pg_dump_script.replace("REAL", &real.program("pg_dump").display().to_string());
+    let p = dir.join("pg_dump");
+    let mut f = std::fs::File::create(&p).unwrap();
+    writeln!(f, "#!/bin/bash\n{script}").unwrap();
+    drop(f);
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn assert_backup_fails_without_snapshot(site: &Site, bindir: &std::path::Path, expect: &str) {
+    let before = site.backups().len();
+    let out = site.cli_env(
+        &["backup"],
+        &[("CKAN_VAULT_DATABASE_BIN_DIR", bindir.to_str().unwrap())],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no snapshot kept"), "{err}");
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert_eq!(
+        site.backups().len(),
+        before,
+        "a failed dump left a snapshot"
+    );
+    // Raw listing too, with incomplete snapshots of every kind.
+    let all = site.json(&["snapshots", "--all"]);
+    assert_eq!(all["snapshots"].as_array().unwrap().len(), before);
+}
+
+#[test]
+fn a_failing_dump_never_becomes_a_snapshot() {
+    let site = Site::new(300);
+    site.ok(&["backup"]);
+    // Exits 1 half-way through the stream.
+    let half = fake_bindir(
+        &site,
+        "set -o pipefail; REAL \"$@\" | head -c 200000; exit 1",
+    );
+    assert_backup_fails_without_snapshot(&site, &half, "pg_dump exit status: 1");
+    // Truncated, but claims success: the archive's own structure gives it away.
+    let lying = fake_bindir(&site, "REAL \"$@\" | head -c 300000; exit 0");
+    assert_backup_fails_without_snapshot(&site, &lying, "ended early");
+    // A complete-looking stream, then a non-zero exit.
+    let late = fake_bindir(&site, "REAL \"$@\"; exit 3");
+    assert_backup_fails_without_snapshot(&site, &late, "exit status: 3");
+    // Killed by a signal in the middle.
+    let killed = fake_bindir(&site, "REAL \"$@\" | head -c 100000; kill -9 $$");
+    assert_backup_fails_without_snapshot(&site, &killed, "pg_dump");
+    // The database dropped under it: pg_dump cannot even start.
+    let c = site.cluster();
+    let doomed = unique("doomed");
+    c.create_db(&doomed);
+    c.sql(
+        &doomed,
+        "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
+    );
+    let drop_it = fake_bindir(
+        &site,
+        &format!(
+            "psql -X -q -d \"host={} port={} user=postgres dbname=postgres\" -c 'DROP DATABASE {doomed} WITH (FORCE)' >/dev/null; REAL \"$@\"",
+            c.dir.display(),
+            c.port
+        ),
+    );
+    let before = site.backups().len();
+    let out = site.cli_env(
+        &["backup"],
+        &[
+            ("CKAN_VAULT_DATABASE_BIN_DIR", drop_it.to_str().unwrap()),
+            ("CKAN_VAULT_CKAN_DATABASE_URL", &c.url(&doomed)),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    assert_eq!(site.backups().len(), before);
+    // And the next ordinary backup works.
+    site.ok(&["backup"]);
+    assert_eq!(site.backups().len(), before + 1);
+}
+
+#[test]
+fn operator_errors_are_one_line_with_exit_code_2() {
+    let site = Site::new(20);
+    // Wrong vault password.
+    let out = site.cli_env(
+        &["snapshots"],
+        &[("CKAN_VAULT_PASSWORD", "not the password")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("wrong password") && !err.contains("not the password"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Unknown key in the config file.
+    let bad = site.path().join("bad.toml");
+    std::fs::write(&bad, "[repository]\nrepositry = \"/x\"\n").unwrap();
+    let out = site.cli(&["backup", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("repositry"), "{}", stderr(&out));
+    // Malformed ckan.ini.
+    let ini = site.path().join("broken.ini");
+    std::fs::write(&ini, "[app:main]\nsqlalchemy.url = a\nsqlalchemy.url = b\n").unwrap();
+    let out = site.cli_env(
+        &["backup"],
+        &[("CKAN_VAULT_CKAN_INI", ini.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("appears twice"), "{}", stderr(&out));
+    // Unreachable database: names the target, not the password; nothing written.
+    let before = site.backups().len();
+    let out = site.cli_env(
+        &["backup"],
+        &[(
+            "CKAN_VAULT_CKAN_DATABASE_URL",
+            "postgresql://ckan:hunter2secret@127.0.0.1:1/ckan",
+        )],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot connect to postgresql://ckan@127.0.0.1:1/ckan"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2secret"), "{err}");
+    assert_eq!(site.backups().len(), before);
+    // Missing vault.
+    let out = site.cli_env(
+        &["snapshots"],
+        &[("CKAN_VAULT_REPOSITORY_REPOSITORY", "/nonexistent/vault")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("ckan-vault init"), "{}", stderr(&out));
+}
+
+#[test]
+fn debian_restic_reads_the_vault() {
+    let site = Site::new(100);
+    site.ok(&["backup"]);
+    let restic = |args: &[&str]| {
+        Command::new("restic")
+            .args([
+                "-r",
+                site.vault.to_str().unwrap(),
+                "--no-cache",
+                "--no-lock",
+            ])
+            .args(args)
+            .env("RESTIC_PASSWORD_FILE", &site.password_file)
+            .output()
+            .expect("restic is not installed: apt-get install restic (or run `bash .ci/run`)")
+    };
+    let snaps = restic(&["snapshots", "--json"]);
+    assert!(snaps.status.success(), "{}", stderr(&snaps));
+    let list: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    let tags = &list[0]["tags"];
+    assert!(
+        tags.as_array().unwrap().iter().any(|t| t == "backup"),
+        "{list}"
+    );
+    let dumped = restic(&["dump", "latest", "/db/ckan.pgdump"]);
+    assert!(dumped.status.success(), "{}", stderr(&dumped));
+    let ours = site.cli(&["dump", "latest", "db/ckan.pgdump"]);
+    assert!(ours.status.success(), "{}", stderr(&ours));
+    assert_eq!(dumped.stdout.len(), ours.stdout.len());
+    assert!(dumped.stdout == ours.stdout);
+    assert!(dumped.stdout.starts_with(b"PGDMP"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&restic(&["dump", "latest", "/manifest.json"]).stdout).unwrap();
+    let size = manifest["streams"]["db/ckan.pgdump"]["size"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(size as usize, dumped.stdout.len());
+    // And the dump restic hands out restores with pg_restore.
+    let c = site.cluster();
+    let target = unique("from_restic");
+    c.create_db(&target);
+    let mut pr = Command::new(ckan_vault::pg::BinDir::for_major(None).program("pg_restore"))
+        .args([
+            "--no-owner",
+            "-d",
+            &format!(
+                "host={} port={} user=postgres dbname={target}",
+                c.dir.display(),
+                c.port
+            ),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    pr.stdin.take().unwrap().write_all(&dumped.stdout).unwrap();
+    assert!(pr.wait().unwrap().success());
+    assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&target));
+    let check = restic(&["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}

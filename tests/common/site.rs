@@ -1,0 +1,147 @@
+//! A CKAN-shaped site in the shared cluster, with its ckan.ini, storage, vault and config,
+//! and a way to run the real `ckan-vault` binary against it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use ckan_vault::demo::SampleSite;
+
+use super::pg::{Cluster, cluster, unique};
+
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub main_db: String,
+    pub datastore_db: String,
+    pub storage: PathBuf,
+    pub ini: PathBuf,
+    pub vault: PathBuf,
+    pub password_file: PathBuf,
+    pub config: PathBuf,
+    pub sample: SampleSite,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ckan-vault")
+}
+
+impl Site {
+    /// A fresh site with `packages` packages, an initialised vault and a config file.
+    pub fn new(packages: u32) -> Site {
+        let c = cluster();
+        let dir = tempfile::Builder::new()
+            .prefix("ckan-vault-test.")
+            .tempdir()
+            .unwrap();
+        let sample = SampleSite { packages };
+        let main_db = unique("ckan");
+        let datastore_db = unique("datastore");
+        c.create_db(&main_db);
+        c.create_db(&datastore_db);
+        c.sql(&main_db, &sample.main_sql());
+        c.sql(&datastore_db, &sample.datastore_sql());
+        let storage = dir.path().join("storage");
+        sample.write_storage(&storage).unwrap();
+        let ini = dir.path().join("ckan.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[app:main]\nuse = egg:ckan\nSECRET_KEY = test-secret-key\n\
+                 sqlalchemy.url = {}\nckan.datastore.write_url = {}\n\
+                 ckan.site_url = https://ckan.test.invalid\nckan.storage_path = {}\n",
+                c.url(&main_db),
+                c.url(&datastore_db),
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let vault = dir.path().join("vault");
+        let password_file = dir.path().join("vault.pass");
+        std::fs::write(&password_file, "correct horse battery staple\n").unwrap();
+        let config = dir.path().join("ckan-vault.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[repository]\nrepository = \"{}\"\npassword-file = \"{}\"\n\n[ckan]\nini = \"{}\"\n\n\
+                 [database]\nadmin-url = \"{}\"\n",
+                vault.display(),
+                password_file.display(),
+                ini.display(),
+                c.url("postgres")
+            ),
+        )
+        .unwrap();
+        let site = Site {
+            dir,
+            main_db,
+            datastore_db,
+            storage,
+            ini,
+            vault,
+            password_file,
+            config,
+            sample,
+        };
+        site.ok(&["init"]);
+        site
+    }
+
+    pub fn cluster(&self) -> &'static Cluster {
+        cluster()
+    }
+
+    /// Runs ckan-vault with this site's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("CKAN_VAULT_CONFIG", &self.config)
+            .env_remove("CKAN_VAULT_PASSWORD")
+            .env_remove("CKAN_INI")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().expect("run ckan-vault")
+    }
+
+    /// Runs ckan-vault and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "ckan-vault {args:?} failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs ckan-vault with --json and parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// The backup snapshots in the vault.
+    pub fn backups(&self) -> Vec<serde_json::Value> {
+        self.json(&["snapshots"])["snapshots"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// stderr of an output as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
