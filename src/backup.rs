@@ -747,7 +747,7 @@ pub fn run(vault: &Vault, pg: &Pg, plan: &BackupPlan) -> Result<BackupOutcome, B
     let manifest = manifest.expect("checked above");
     let summary = snap.summary.clone().unwrap_or_default();
     let outcome = BackupOutcome {
-        snapshot: snap.id.to_string(),
+        snapshot: snap.id.to_hex().to_string(),
         time: snap.time.timestamp().to_string(),
         bytes_processed: summary.total_bytes_processed,
         data_added: summary.data_added,

@@ -3,6 +3,7 @@
 
 mod backup;
 mod demo;
+mod drill;
 mod dump;
 mod init;
 mod logger;
@@ -53,6 +54,8 @@ enum Command {
     Restore(restore::Args),
     /// Write one file of a backup snapshot to stdout
     Dump(dump::Args),
+    /// Restore a backup into a scratch database, check it and record the result in the vault
+    Drill(drill::Args),
     /// Run the whole job on a throwaway sample site (needs only PostgreSQL's binaries)
     Demo(demo::Args),
 }
@@ -108,6 +111,7 @@ pub fn main() -> ExitCode {
         Command::Restore(a) => restore::run(&global, a),
         Command::Dump(a) => dump::run(&global, a),
         Command::Demo(a) => demo::run(&global, a),
+        Command::Drill(a) => drill::run(&global, a),
     };
     match result {
         Ok(code) => code,
@@ -154,7 +158,8 @@ fn category(e: &anyhow::Error) -> Category {
         ckan_vault::pg::PgError,
         ckan_vault::ckan::ini::IniError,
         ckan_vault::secret::SecretError,
-        ckan_vault::demo::DemoError
+        ckan_vault::demo::DemoError,
+        ckan_vault::drill::DrillError
     );
     if let Some(UsageError(_)) = e.downcast_ref::<UsageError>() {
         return Category::Usage;

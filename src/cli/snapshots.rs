@@ -42,7 +42,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             report::bytes(summary.data_added_packed),
         ));
         rows.push(serde_json::json!({
-            "id": s.id.to_string(),
+            "id": s.id.to_hex().to_string(),
             "time": s.time.timestamp().to_string(),
             "kind": kind,
             "label": s.label,

@@ -374,7 +374,7 @@ impl Vault {
         let spec_l = spec.to_lowercase();
         let matches: Vec<&SnapshotFile> = candidates
             .iter()
-            .filter(|s| s.id.to_string().starts_with(&spec_l))
+            .filter(|s| s.id.to_hex().starts_with(&spec_l))
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).clone()),
@@ -455,7 +455,7 @@ impl VaultReader<'_> {
         w: &mut impl Write,
     ) -> Result<(), VaultError> {
         let node = self.node(snap, path)?.ok_or_else(|| VaultError::NoFile {
-            snapshot: snap.id.to_string(),
+            snapshot: snap.id.to_hex().to_string(),
             path: path.to_string(),
         })?;
         self.dump_node(&node, w)
