@@ -640,7 +640,12 @@ pub fn run(vault: &Vault, pg: &Pg, plan: &BackupPlan) -> Result<BackupOutcome, B
     // storage/… and storage.sha256
     let mut storage_names = Vec::new();
     if let Some((_, items)) = storage_items {
-        entries.push_dir(manifest::STORAGE_DIR, EntryMeta::default())?;
+        let root_meta = plan
+            .storage
+            .as_ref()
+            .and_then(|r| std::fs::metadata(r).ok())
+            .map_or_else(EntryMeta::default, |m| EntryMeta::from_fs(&m));
+        entries.push_dir(manifest::STORAGE_DIR, root_meta)?;
         for item in items {
             let snap_path = Path::new(manifest::STORAGE_DIR).join(&item.rel);
             let meta = EntryMeta::from_fs(&item.meta);

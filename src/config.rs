@@ -54,6 +54,27 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Escrow(#[from] crate::escrow::Error),
+    #[error(transparent)]
+    Ckan(#[from] crate::ckan::api::Error),
+    #[error("no CKAN URL: set [ckan] url, or ckan.site_url in ckan.ini ([ckan] ini)")]
+    NoCkanUrl,
+    #[error(
+        "[ckan] certificate is not set: point it at the site's PEM certificate, the one DCOR-Aid users will trust (e.g. /etc/ssl/certs/FQDN.cert)"
+    )]
+    NoCertificate,
+    #[error("cannot read [ckan] certificate {path}: {source}; check the path and its permissions")]
+    Certificate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "[escrow] seal-config = true but no recipients: set [escrow] recipients or recipients-file"
+    )]
+    SealWithoutRecipients,
+    #[error("no ckan.ini for `--via cli`: set [ckan] ini or $CKAN_INI")]
+    NoCkanIni,
 }
 
 impl Categorized for ConfigError {
@@ -282,16 +303,36 @@ fn one_line(s: &str) -> String {
         .join(" ")
 }
 
-/// Sets `section.key` in the TOML table; the value is parsed as TOML when it looks like a
-/// number, boolean or array, and taken as a string otherwise.
+/// Keys whose values are not strings: numbers, booleans and lists.
+const TYPED_KEYS: &[&str] = &[
+    "repository.password-command",
+    "ckan.backup-config",
+    "ckan.ckan-command",
+    "ckan.timeout",
+    "database.jobs",
+    "escrow.recipients",
+    "escrow.seal-config",
+    "retention.keep-last",
+    "retention.keep-daily",
+    "retention.keep-weekly",
+    "retention.keep-monthly",
+    "retention.keep-yearly",
+    "drill.storage-sample",
+];
+
+/// Sets `section.key` in the TOML table. Values of typed keys are parsed as TOML (`7`,
+/// `true`, `["a", "b"]`); every other value is taken as the string it is.
 fn set(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), String> {
     let (section, name) = key.split_once('.').ok_or("not a section.key")?;
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .filter(|v| !v.is_str())
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let value = if TYPED_KEYS.contains(&key) {
+        format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+    } else {
+        toml::Value::String(raw.to_string())
+    };
     let sec = table
         .entry(section.to_string())
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -336,6 +377,27 @@ impl Config {
             options,
             password,
             cache_dir: r.cache_dir.clone(),
+        })
+    }
+
+    /// The `[retention]` policy (`keep-within` as a span such as "30d" or "P1M").
+    pub fn retention(&self) -> Result<crate::vault::maintenance::Retention, ConfigError> {
+        let r = &self.retention;
+        let keep_within = match r.keep_within.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) => Some(s.parse::<jiff::Span>().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "[retention] keep-within = {s:?}: {e}; use a span such as \"30d\" or \"2w 3d\""
+                ))
+            })?),
+        };
+        Ok(crate::vault::maintenance::Retention {
+            keep_last: r.keep_last,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+            keep_monthly: r.keep_monthly,
+            keep_yearly: r.keep_yearly,
+            keep_within,
         })
     }
 
@@ -469,6 +531,142 @@ impl Config {
             storage: site.storage,
             extra_tags: Vec::new(),
         })
+    }
+}
+
+/// Seconds to wait for CKAN's API when `[ckan] timeout` is not set.
+pub const DEFAULT_CKAN_TIMEOUT_SECS: u64 = 60;
+/// Largest certificate file read for `[ckan] certificate`.
+const MAX_CERTIFICATE_BYTES: u64 = 1024 * 1024;
+
+/// Settings of the token workflow and the sealed config.
+impl Config {
+    /// The escrow recipients from `[escrow] recipients` and `recipients-file`; None when
+    /// neither is set. Set but empty is an error (nothing could be sealed).
+    pub fn escrow_recipients(&self) -> Result<Option<crate::escrow::Recipients>, ConfigError> {
+        let e = &self.escrow;
+        if e.recipients.is_empty() && e.recipients_file.is_none() {
+            return Ok(None);
+        }
+        let mut r = crate::escrow::Recipients::parse(&e.recipients)?;
+        if let Some(f) = &e.recipients_file {
+            r.extend(crate::escrow::Recipients::from_file(f)?);
+        }
+        if r.is_empty() {
+            return Err(crate::escrow::Error::NoRecipients.into());
+        }
+        Ok(Some(r))
+    }
+
+    /// How backups store `ckan.ini`: sealed to the escrow recipients when there are some
+    /// (unless `[escrow] seal-config = false`), else as plain text (None).
+    pub fn config_sealer(&self) -> Result<Option<crate::backup::Sealer>, ConfigError> {
+        if self.escrow.seal_config == Some(false) {
+            return Ok(None);
+        }
+        match self.escrow_recipients()? {
+            Some(r) => Ok(Some(Box::new(move |bytes: &[u8]| {
+                crate::escrow::seal(&r, bytes).map_err(|e| e.to_string())
+            }))),
+            None if self.escrow.seal_config == Some(true) => {
+                Err(ConfigError::SealWithoutRecipients)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The site's URL for the Action API: `[ckan] url`, else `ckan.site_url` in ckan.ini.
+    pub fn ckan_url(&self) -> Result<String, ConfigError> {
+        if let Some(u) = &self.ckan.url {
+            return Ok(u.clone());
+        }
+        let Some(path) = self.ini_path() else {
+            return Err(ConfigError::NoCkanUrl);
+        };
+        let ini = CkanIni::load(&path)?;
+        ini.get("ckan.site_url")
+            .filter(|u| !u.trim().is_empty())
+            .map(str::to_string)
+            .ok_or(ConfigError::NoCkanUrl)
+    }
+
+    /// The label of token records: `[ckan] site`, else the host of the CKAN URL.
+    pub fn site_label(&self) -> String {
+        if let Some(s) = &self.ckan.site {
+            return s.clone();
+        }
+        self.ckan_url()
+            .ok()
+            .and_then(|u| url::Url::parse(&u).ok())
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "ckan".to_string())
+    }
+
+    /// How long to wait for CKAN's API.
+    pub fn ckan_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.ckan.timeout.unwrap_or(DEFAULT_CKAN_TIMEOUT_SECS))
+    }
+
+    /// The sysadmin's API token from `[ckan] api-token-file`, if set.
+    pub fn ckan_admin_token(&self) -> Result<Option<SecretString>, ConfigError> {
+        match &self.ckan.api_token_file {
+            Some(f) => Ok(Some(crate::secret::read_secret_file(f)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `[ckan] certificate`'s path.
+    pub fn ckan_certificate_path(&self) -> Result<&Path, ConfigError> {
+        self.ckan
+            .certificate
+            .as_deref()
+            .ok_or(ConfigError::NoCertificate)
+    }
+
+    /// `[ckan] certificate`'s bytes (at most 1 MiB).
+    pub fn ckan_certificate_pem(&self) -> Result<Vec<u8>, ConfigError> {
+        use std::io::Read;
+        let path = self.ckan_certificate_path()?;
+        let err = |source| ConfigError::Certificate {
+            path: path.to_owned(),
+            source,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .map_err(err)?
+            .take(MAX_CERTIFICATE_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(err)?;
+        Ok(bytes)
+    }
+
+    /// A client for CKAN's Action API with the sysadmin's token (when configured). For
+    /// an `https` site with `[ckan] certificate` set, the connection trusts exactly that
+    /// certificate (pinned), the one DCOR-Aid users get: so every call also checks that
+    /// the site serves it. Otherwise the system's roots are trusted.
+    pub fn ckan_client(&self) -> Result<crate::ckan::api::Client, ConfigError> {
+        let url = self.ckan_url()?;
+        let token = self.ckan_admin_token()?;
+        let timeout = self.ckan_timeout();
+        let https = url.trim_start().to_ascii_lowercase().starts_with("https:");
+        if https && self.ckan.certificate.is_some() {
+            let pem = self.ckan_certificate_pem()?;
+            return Ok(crate::ckan::api::Client::pinned(
+                &url, token, timeout, &pem,
+            )?);
+        }
+        Ok(crate::ckan::api::Client::new(&url, token, timeout)?)
+    }
+
+    /// The `ckan` command (`[ckan] ckan-command`, default `ckan`) and the ckan.ini it
+    /// gets with `-c`, for `--via cli`.
+    pub fn ckan_cli(&self) -> Result<(Vec<String>, PathBuf), ConfigError> {
+        let command = match &self.ckan.ckan_command {
+            Some(c) if !c.is_empty() => c.clone(),
+            _ => vec!["ckan".to_string()],
+        };
+        let ini = self.ini_path().ok_or(ConfigError::NoCkanIni)?;
+        Ok((command, ini))
     }
 }
 

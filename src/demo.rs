@@ -345,6 +345,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport, DemoError> {
         storage: Some(work.path().join("storage-restored")),
         clean: false,
         keep_privileges: false,
+        ..Default::default()
     };
     let out = restore::run(&vault, &pg, "latest", &restored)?;
     let mut mismatches: Vec<String> = out

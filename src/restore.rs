@@ -48,6 +48,14 @@ pub enum RestoreError {
     StreamMismatch { path: String, detail: String },
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error(
+        "the backup's ckan.ini is sealed to the escrow recipients: give --identity KEY (an escrow officer's age identity file)"
+    )]
+    ConfigSealed,
+    #[error("cannot unseal the backup's ckan.ini: {0}")]
+    Unseal(crate::escrow::Error),
+    #[error("{0} exists; choose another --config-out, remove it, or pass --clean")]
+    ConfigExists(PathBuf),
 }
 
 impl Categorized for RestoreError {
@@ -57,7 +65,15 @@ impl Categorized for RestoreError {
             RestoreError::Vault(e) => e.category(),
             RestoreError::NoBackup(_)
             | RestoreError::NotEmpty(_)
-            | RestoreError::StorageExists { .. } => Category::Usage,
+            | RestoreError::StorageExists { .. }
+            | RestoreError::ConfigSealed
+            | RestoreError::ConfigExists(_) => Category::Usage,
+            RestoreError::Unseal(e) => match e {
+                crate::escrow::Error::Damaged | crate::escrow::Error::NotAge { .. } => {
+                    Category::Failure
+                }
+                _ => Category::Usage,
+            },
             _ => Category::Failure,
         }
     }
@@ -123,6 +139,41 @@ pub struct RestorePlan {
     pub clean: bool,
     /// Keep GRANTs even without restoring globals (the roles must exist).
     pub keep_privileges: bool,
+    /// Write the backup's ckan.ini here (0600), unsealing it when it is sealed.
+    pub config_out: Option<ConfigOut>,
+    /// After restoring the main database, delete the `api_token` rows of every token
+    /// revocation recorded in the vault, so an older backup brings no revoked token back.
+    pub reapply_revocations: bool,
+}
+
+/// Where `restore --config-out` writes the backup's ckan.ini.
+#[derive(Debug, Clone)]
+pub struct ConfigOut {
+    pub path: PathBuf,
+    /// An age identity file of an escrow officer, for a sealed `config/ckan.ini.age`.
+    pub identity: Option<PathBuf>,
+}
+
+/// The ckan.ini written by `--config-out`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigReport {
+    pub path: String,
+    /// Whether it was stored sealed (and was unsealed here).
+    pub sealed: bool,
+    pub bytes: u64,
+}
+
+/// Token revocations re-applied to the restored main database.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RevocationReport {
+    /// Distinct token ids recorded as revoked in the vault.
+    pub recorded: usize,
+    /// `api_token` rows deleted from the restored database (tokens revoked again).
+    pub re_revoked: u64,
+    /// Why nothing was re-applied, when it was not (e.g. no `api_token` table).
+    pub skipped: Option<String>,
+    /// Revocation records that could not be read (their tokens may be valid again).
+    pub unreadable: Vec<String>,
 }
 
 /// One table that did not come back as dumped.
@@ -164,6 +215,10 @@ pub struct RestoreOutcome {
     pub databases: Vec<DatabaseReport>,
     pub globals_errors: Option<usize>,
     pub storage: Option<StorageReport>,
+    /// The ckan.ini written by `--config-out`.
+    pub config: Option<ConfigReport>,
+    /// Recorded token revocations re-applied to the restored main database.
+    pub revocations: Option<RevocationReport>,
     pub seconds: f64,
 }
 
@@ -214,8 +269,13 @@ pub fn restore_database(
         .get(role)
         .ok_or_else(|| RestoreError::Missing(format!("{role} database")))?;
     let dbname = target.conn.database().to_string();
-    let admin = target.with_dbname("postgres");
-    let created = pg.create_database(&admin, &dbname)?;
+    // Connect to the target itself first: where pg_hba.conf limits the CKAN user to its own
+    // database, the `postgres` database is only needed to create a missing one.
+    let created = if pg.query(target, "SELECT 1").is_ok() {
+        false
+    } else {
+        pg.create_database(&target.with_dbname("postgres"), &dbname)?
+    };
     if !created && !plan.clean && !pg.list_tables(target)?.is_empty() {
         return Err(RestoreError::NotEmpty(target.conn.to_string()));
     }
@@ -555,13 +615,21 @@ pub fn run(
     let clock = Instant::now();
     let reader = vault.reader()?;
     let backup = find_backup(&reader, spec)?;
+    let config = match &plan.config_out {
+        Some(out) => Some(restore_config(&reader, &backup, out, plan.clean)?),
+        None => None,
+    };
     let mut globals_errors = None;
     if let Some(admin) = &plan.globals {
         globals_errors = Some(restore_globals(pg, &reader, &backup, admin)?);
     }
     let mut databases = Vec::new();
+    let mut revocations = None;
     if let Some(t) = &plan.main {
         databases.push(restore_database(pg, &reader, &backup, "main", t, plan)?);
+        if plan.reapply_revocations {
+            revocations = Some(reapply_revocations(pg, &reader, t)?);
+        }
     }
     if let Some(t) = &plan.datastore {
         databases.push(restore_database(
@@ -588,8 +656,119 @@ pub fn run(
         databases,
         globals_errors,
         storage,
+        config,
+        revocations,
         seconds: clock.elapsed().as_secs_f64(),
     })
+}
+
+/// Largest ckan.ini read back from a backup.
+const MAX_CONFIG_BYTES: usize = 16 << 20;
+/// Token ids per DELETE statement (they travel in psql's argv; ids are not secret).
+const REVOCATION_BATCH: usize = 500;
+
+/// Writes the backup's ckan.ini (`config/ckan.ini`, or `config/ckan.ini.age` unsealed
+/// with the escrow officer's identity) to `out.path`, created 0600. It is checked
+/// against the manifest's size and SHA-256 before anything is written.
+pub fn restore_config(
+    reader: &VaultReader,
+    backup: &Backup,
+    out: &ConfigOut,
+    clean: bool,
+) -> Result<ConfigReport, RestoreError> {
+    let record = backup.manifest.config.as_ref().ok_or_else(|| {
+        RestoreError::Missing("ckan.ini (it was not backed up: [ckan] backup-config)".into())
+    })?;
+    let identities = match (&out.identity, record.sealed) {
+        (Some(path), true) => {
+            Some(crate::escrow::Identities::from_file(path).map_err(RestoreError::Unseal)?)
+        }
+        (None, true) => return Err(RestoreError::ConfigSealed),
+        (_, false) => None,
+    };
+    if !clean && out.path.symlink_metadata().is_ok() {
+        return Err(RestoreError::ConfigExists(out.path.clone()));
+    }
+    let stored =
+        zeroize::Zeroizing::new(reader.read(&backup.snapshot, &record.path, MAX_CONFIG_BYTES)?);
+    check_stream(
+        &backup.manifest,
+        &record.path,
+        stored.len() as u64,
+        &hex::encode(Sha256::digest(stored.as_slice())),
+    )?;
+    let plain = match &identities {
+        Some(ids) => crate::escrow::unseal(ids, &stored).map_err(RestoreError::Unseal)?,
+        None => stored,
+    };
+    let io_err = |source| RestoreError::Io {
+        path: out.path.display().to_string(),
+        source,
+    };
+    let mut f = crate::secret::create_private_file(&out.path).map_err(|e| match e {
+        crate::secret::SecretError::Create { source, .. } => io_err(source),
+        other => io_err(io::Error::other(other.to_string())),
+    })?;
+    f.write_all(&plain).map_err(io_err)?;
+    f.sync_all().map_err(io_err)?;
+    Ok(ConfigReport {
+        path: out.path.display().to_string(),
+        sealed: record.sealed,
+        bytes: plain.len() as u64,
+    })
+}
+
+/// Deletes from the restored database the `api_token` rows of every token revocation
+/// recorded in the vault (`token revoke`), so tokens revoked after the backup was taken
+/// stay revoked. Reads the records from the snapshots' descriptions.
+pub fn reapply_revocations(
+    pg: &Pg,
+    reader: &VaultReader,
+    target: &Target,
+) -> Result<RevocationReport, RestoreError> {
+    let mut report = RevocationReport::default();
+    let mut ids = std::collections::BTreeSet::new();
+    for snap in reader.snapshots(Kind::Revocation)? {
+        let text = snap.description.as_deref().unwrap_or_default();
+        match crate::ledger::Revocation::parse(text) {
+            Ok(r) => {
+                ids.insert(r.token_id);
+            }
+            Err(e) => {
+                log::warn!("revocation record {} is unreadable: {e}", snap.id);
+                report.unreadable.push(format!("{}: {e}", snap.id));
+            }
+        }
+    }
+    report.recorded = ids.len();
+    if ids.is_empty() {
+        return Ok(report);
+    }
+    let has_table = pg.query(target, "SELECT to_regclass('api_token') IS NOT NULL")?;
+    if has_table.trim() != "t" {
+        report.skipped =
+            Some("the restored database has no api_token table (not a CKAN 2.10+ database)".into());
+        return Ok(report);
+    }
+    let ids: Vec<String> = ids.into_iter().collect();
+    for batch in ids.chunks(REVOCATION_BATCH) {
+        let list: Vec<String> = batch.iter().map(|id| crate::pg::literal(id)).collect();
+        let out = pg.query(
+            target,
+            &format!(
+                "WITH d AS (DELETE FROM api_token WHERE id IN ({}) RETURNING 1) SELECT count(*) FROM d",
+                list.join(", ")
+            ),
+        )?;
+        report.re_revoked += out.trim().parse::<u64>().unwrap_or(0);
+    }
+    if report.re_revoked > 0 {
+        log::info!(
+            "re-revoked {} token(s) in the restored database",
+            report.re_revoked
+        );
+    }
+    Ok(report)
 }
 
 /// Streams one file of a backup to `w`, checking it against the manifest when listed.

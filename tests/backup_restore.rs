@@ -14,6 +14,9 @@ use common::site::{Site, stderr};
 fn round_trip_restores_every_row_and_file() {
     let site = Site::new(150);
     let c = site.cluster();
+    // A local vault is private to its owner.
+    let mode = std::fs::metadata(&site.vault).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "vault directory mode {mode:o}");
     let b = site.json(&["backup"]);
     assert_eq!(b["ok"], true);
     assert!(b["tables"].as_u64().unwrap() >= 10, "{b}");
@@ -205,6 +208,19 @@ fn operator_errors_are_one_line_with_exit_code_2() {
     );
     assert!(!err.contains("hunter2secret"), "{err}");
     assert_eq!(site.backups().len(), before);
+    // --repo overrides the configured vault, before or after the subcommand.
+    for args in [
+        ["--repo", "/nonexistent/flag-vault", "snapshots"],
+        ["snapshots", "--repo", "/nonexistent/flag-vault"],
+    ] {
+        let out = site.cli(&args);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            stderr(&out).contains("no vault at /nonexistent/flag-vault;"),
+            "{}",
+            stderr(&out)
+        );
+    }
     // Missing vault.
     let out = site.cli_env(
         &["snapshots"],

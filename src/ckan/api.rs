@@ -228,11 +228,36 @@ impl Client {
         Self::build(base_url, api_token, timeout, Some(certificate_pem))
     }
 
+    /// A client that trusts exactly the certificate(s) in `certificate_pem` by pinning
+    /// (see [`super::tls`]): the server's certificate must be one of them, byte for byte,
+    /// or be issued by one of them. Unlike [`Client::trusting_only`] this accepts a
+    /// self-signed `CA:TRUE` certificate served as the site's own, as DCOR-Aid (Python's
+    /// `ssl`) does. For a plain `http://` URL there is no TLS and nothing is pinned.
+    pub fn pinned(
+        base_url: &str,
+        api_token: Option<SecretString>,
+        timeout: Duration,
+        certificate_pem: &[u8],
+    ) -> Result<Client> {
+        let config = super::tls::pinned_config(certificate_pem)?;
+        Self::build_with(base_url, api_token, timeout, None, Some(config))
+    }
+
     fn build(
         base_url: &str,
         api_token: Option<SecretString>,
         timeout: Duration,
         trust_only: Option<&[u8]>,
+    ) -> Result<Client> {
+        Self::build_with(base_url, api_token, timeout, trust_only, None)
+    }
+
+    fn build_with(
+        base_url: &str,
+        api_token: Option<SecretString>,
+        timeout: Duration,
+        trust_only: Option<&[u8]>,
+        tls: Option<rustls::ClientConfig>,
     ) -> Result<Client> {
         let base = parse_base_url(base_url)?;
         if let Some(t) = &api_token {
@@ -255,6 +280,9 @@ impl Client {
                 });
             }
             builder = builder.tls_certs_only(certs);
+        }
+        if let Some(config) = tls {
+            builder = builder.tls_backend_preconfigured(config);
         }
         let http = builder.build().map_err(|e| Error::ClientSetup {
             reason: one_line(&e.to_string(), None),
@@ -433,6 +461,14 @@ impl Client {
             return self.timeout_error(action);
         }
         let chain = error_chain(e);
+        if let Some(at) = chain.find(super::tls::NOT_PINNED) {
+            let rest = &chain[at..];
+            let end = rest.find(')').map_or(rest.len(), |i| i + 1);
+            return Error::Tls {
+                host: self.host(),
+                reason: one_line(&rest[..end], None),
+            };
+        }
         let lower = chain.to_ascii_lowercase();
         if lower.contains("causedasendentity") {
             return Error::Tls {
@@ -1113,6 +1149,34 @@ mod tests {
         let err = client.status_show().unwrap_err();
         assert!(matches!(err, Error::Tls { .. }), "{err}");
         assert!(err.to_string().contains("CA:TRUE"), "{err}");
+    }
+
+    /// The pinning client (what `token verify` uses) accepts the self-signed CA:TRUE
+    /// certificate rustls refuses above, and only that certificate.
+    #[test]
+    fn pinned_accepts_the_bundled_ca_certificate_and_nothing_else() {
+        let server = TlsServer::start("localhost-ca.pem");
+        let url = format!("https://127.0.0.1:{}", server.port);
+        // s_server -www never answers a POST: after the handshake the request times out.
+        let pinned = Client::pinned(
+            &url,
+            None,
+            Duration::from_secs(2),
+            &fixture_pem("localhost-ca.pem"),
+        )
+        .unwrap();
+        let err = pinned.status_show().unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+
+        // localhost.pem has the same names and key, but is not what the server presents
+        // (and the CA:TRUE certificate it does present cannot chain to a leaf).
+        for other in ["localhost.pem", "dcor.example.com.pem"] {
+            let client =
+                Client::pinned(&url, None, Duration::from_secs(10), &fixture_pem(other)).unwrap();
+            let err = client.status_show().unwrap_err();
+            assert!(matches!(err, Error::Tls { .. }), "{other}: {err}");
+            assert!(err.to_string().contains("not the bundled one"), "{err}");
+        }
     }
 
     #[test]

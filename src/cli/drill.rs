@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     let loaded = g.load()?;
-    let vault = super::open_vault(&loaded)?;
+    let vault = super::open_vault_with_progress(g, &loaded)?;
     if args.history {
         let past = drill::history(&vault)?;
         let mut human = format!(
@@ -90,7 +90,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     }
     let mut json = serde_json::to_value(&rep)?;
     json["ok"] = rep.passed().into();
-    g.print(&json, &human(&rep));
+    g.print_result(&json, &human(&rep), rep.passed());
     Ok(if rep.passed() {
         ExitCode::SUCCESS
     } else {
@@ -100,7 +100,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
 
 fn human(r: &DrillReport) -> String {
     let mut s = format!(
-        "drill of snapshot {} ({}) in a {}\n",
+        "drill of snapshot {} ({}) in {}\n",
         &r.snapshot[..8],
         r.snapshot_time,
         r.scratch

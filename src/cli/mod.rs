@@ -2,13 +2,19 @@
 //! lives in its own file and only calls the library and prints.
 
 mod backup;
+mod check;
 mod demo;
 mod drill;
 mod dump;
+mod forget;
+mod hook;
 mod init;
 mod logger;
+mod progress;
 mod restore;
 mod snapshots;
+mod stdin_dump;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +64,16 @@ enum Command {
     Drill(drill::Args),
     /// Run the whole job on a throwaway sample site (needs only PostgreSQL's binaries)
     Demo(demo::Args),
+    /// Remove old backup snapshots by the [retention] policy (and prune with --prune)
+    Forget(forget::Args),
+    /// Check the vault's integrity (with --read-data also the stored data)
+    Check(check::Args),
+    /// Write one database as a pg_dump stream to stdout, for rustic/restic to store
+    StdinDump(stdin_dump::Args),
+    /// Hooks for backup frameworks: pre-backup, post-backup, failed, finally
+    Hook(hook::Args),
+    /// Issue, inspect, verify, list, recover and revoke escrowed DCOR-Aid access tokens
+    Token(token::Args),
 }
 
 /// Options every command sees, resolved once.
@@ -74,11 +90,16 @@ impl Global {
         Ok(Loaded::load(self.config_path.as_deref(), &self.overrides)?)
     }
 
-    /// Prints a JSON value (with --json) or the human text.
+    /// Prints a JSON value (with --json) or the human text (not with --quiet).
     pub fn print(&self, json: &serde_json::Value, human: &str) {
+        self.print_result(json, human, true);
+    }
+
+    /// Like [`Global::print`], but a report that failed is printed even with --quiet.
+    pub fn print_result(&self, json: &serde_json::Value, human: &str, ok: bool) {
         if self.json {
             println!("{json}");
-        } else if !self.quiet || human.starts_with("FAILED") {
+        } else if !self.quiet || !ok {
             print!("{human}");
         }
     }
@@ -96,7 +117,7 @@ pub fn main() -> ExitCode {
     logger::init(if cli.quiet { 0 } else { 1 + cli.verbose });
     let mut overrides = Vec::new();
     if let Some(r) = &cli.repo {
-        overrides.push(("repository.repository".to_string(), format!("{r:?}")));
+        overrides.push(("repository.repository".to_string(), r.clone()));
     }
     let global = Global {
         config_path: cli.config.clone(),
@@ -112,6 +133,11 @@ pub fn main() -> ExitCode {
         Command::Dump(a) => dump::run(&global, a),
         Command::Demo(a) => demo::run(&global, a),
         Command::Drill(a) => drill::run(&global, a),
+        Command::Forget(a) => forget::run(&global, a),
+        Command::Check(a) => check::run(&global, a),
+        Command::StdinDump(a) => stdin_dump::run(&global, a),
+        Command::Hook(a) => hook::run(&global, a),
+        Command::Token(a) => token::run(&global, a),
     };
     match result {
         Ok(code) => code,
@@ -159,7 +185,13 @@ fn category(e: &anyhow::Error) -> Category {
         ckan_vault::ckan::ini::IniError,
         ckan_vault::secret::SecretError,
         ckan_vault::demo::DemoError,
-        ckan_vault::drill::DrillError
+        ckan_vault::drill::DrillError,
+        ckan_vault::hooks::HookError,
+        ckan_vault::vault::lock::LockError,
+        ckan_vault::vault::maintenance::MaintenanceError,
+        ckan_vault::stdin_dump::StdinDumpError,
+        ckan_vault::token::TokenError,
+        ckan_vault::ledger::LedgerError
     );
     if let Some(UsageError(_)) = e.downcast_ref::<UsageError>() {
         return Category::Usage;
@@ -176,4 +208,18 @@ pub struct UsageError(pub String);
 pub fn open_vault(loaded: &Loaded) -> Result<ckan_vault::vault::Vault> {
     let cfg = loaded.config.vault()?;
     Ok(ckan_vault::vault::Vault::open(&cfg)?)
+}
+
+/// Opens the vault with progress bars when stderr is a terminal (and not --json/--quiet).
+pub fn open_vault_with_progress(g: &Global, loaded: &Loaded) -> Result<ckan_vault::vault::Vault> {
+    use std::io::IsTerminal;
+    let cfg = loaded.config.vault()?;
+    if std::io::stderr().is_terminal() && !g.json && !g.quiet {
+        Ok(ckan_vault::vault::Vault::open_with_progress(
+            &cfg,
+            progress::Bars,
+        )?)
+    } else {
+        Ok(ckan_vault::vault::Vault::open(&cfg)?)
+    }
 }

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use ckan_vault::config::Config;
 use ckan_vault::pg::{ConnInfo, Target};
 use ckan_vault::report;
-use ckan_vault::restore::{RestoreOutcome, RestorePlan};
+use ckan_vault::restore::{ConfigOut, RestoreOutcome, RestorePlan};
 
 use super::{Global, UsageError};
 
@@ -33,11 +34,23 @@ pub struct Args {
     /// Run the PostgreSQL programs as this OS user (peer authentication)
     #[arg(long, value_name = "USER")]
     run_as: Option<String>,
+    /// Write the backup's ckan.ini to this file (0600)
+    #[arg(long, value_name = "FILE")]
+    config_out: Option<PathBuf>,
+    /// An escrow officer's age identity, to unseal a sealed ckan.ini (config/ckan.ini.age)
+    #[arg(long, value_name = "KEY", requires = "config_out")]
+    identity: Option<PathBuf>,
+    /// Do not re-apply the token revocations recorded in the vault to the restored database
+    #[arg(long)]
+    keep_revoked_tokens: bool,
 }
 
-fn target(url: &str, run_as: &Option<String>) -> Result<Target> {
-    let mut t = Target::new(ConnInfo::parse(url).map_err(|e| UsageError(e.to_string()))?);
-    t.run_as = run_as.clone();
+/// A target with the configured binaries and run-as user; `--run-as` wins.
+fn target(config: &Config, url: &str, run_as: &Option<String>) -> Result<Target> {
+    let mut t = config.target(ConnInfo::parse(url).map_err(|e| UsageError(e.to_string()))?);
+    if run_as.is_some() {
+        t.run_as = run_as.clone();
+    }
     Ok(t)
 }
 
@@ -46,40 +59,47 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         && args.datastore_db.is_none()
         && args.storage.is_none()
         && args.globals_db.is_none()
+        && args.config_out.is_none()
     {
         return Err(UsageError(
-            "nothing to restore; give --db, --datastore-db, --globals-db and/or --storage".into(),
+            "nothing to restore; give --db, --datastore-db, --globals-db, --storage and/or --config-out".into(),
         )
         .into());
     }
+    let loaded = g.load()?;
+    let config = &loaded.config;
     let plan = RestorePlan {
         main: args
             .db
             .as_deref()
-            .map(|u| target(u, &args.run_as))
+            .map(|u| target(config, u, &args.run_as))
             .transpose()?,
         datastore: args
             .datastore_db
             .as_deref()
-            .map(|u| target(u, &args.run_as))
+            .map(|u| target(config, u, &args.run_as))
             .transpose()?,
         globals: args
             .globals_db
             .as_deref()
-            .map(|u| target(u, &args.run_as))
+            .map(|u| target(config, u, &args.run_as))
             .transpose()?,
         storage: args.storage.clone(),
         clean: args.clean,
         keep_privileges: false,
+        config_out: args.config_out.clone().map(|path| ConfigOut {
+            path,
+            identity: args.identity.clone(),
+        }),
+        reapply_revocations: !args.keep_revoked_tokens,
     };
-    let loaded = g.load()?;
-    let vault = super::open_vault(&loaded)?;
+    let vault = super::open_vault_with_progress(g, &loaded)?;
     let pg = ckan_vault::pg::Pg::new()?;
     let out = ckan_vault::restore::run(&vault, &pg, &args.snapshot, &plan)?;
     let ok = out.verified();
     let mut json = serde_json::to_value(&out)?;
     json["ok"] = ok.into();
-    g.print(&json, &human(&out));
+    g.print_result(&json, &human(&out), ok);
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -118,6 +138,29 @@ fn human(out: &RestoreOutcome) -> String {
         for m in st.mismatches.iter().chain(&st.missing).take(10) {
             s.push_str(&format!("    MISMATCH storage/{m}\n"));
         }
+    }
+    if let Some(r) = &out.revocations {
+        match &r.skipped {
+            Some(why) => s.push_str(&format!(
+                "  token revocations: {} recorded, not re-applied: {why}\n",
+                r.recorded
+            )),
+            None => s.push_str(&format!(
+                "  token revocations: {} recorded, {} token(s) revoked again in the restored database\n",
+                r.recorded, r.re_revoked
+            )),
+        }
+        for u in r.unreadable.iter().take(10) {
+            s.push_str(&format!("    WARNING unreadable revocation record {u}\n"));
+        }
+    }
+    if let Some(c) = &out.config {
+        s.push_str(&format!(
+            "  ckan.ini → {} ({}{})\n",
+            c.path,
+            report::bytes(c.bytes),
+            if c.sealed { ", unsealed" } else { "" }
+        ));
     }
     s.push_str(if out.verified() {
         "every table and file matches the manifest\n"

@@ -128,7 +128,7 @@ impl PgEnv {
             .env_remove("PGPASSWORD")
             .stdin(Stdio::null());
         match conn.password() {
-            Some(pw) if run_as.is_none() => {
+            Some(pw) if !run_as.is_some_and(needs_runuser) => {
                 cmd.env("PGPASSFILE", self.passfile(pw.expose_secret())?);
             }
             // No password in the URL: libpq's usual sources (~/.pgpass, peer) apply.

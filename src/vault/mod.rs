@@ -4,6 +4,8 @@
 //! `ckan-vault` plus one kind tag (`backup`, `drill`, `escrow`, `revocation`, …). Debian's
 //! `restic` can list and dump all of them.
 
+pub mod lock;
+pub mod maintenance;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -14,8 +16,8 @@ use std::sync::Mutex;
 use rustic_backend::BackendOptions;
 use rustic_core::repofile::{Node, SnapshotFile};
 use rustic_core::{
-    BackupOptions, ConfigOptions, Credentials, IndexedFullStatus, KeyOptions, OpenStatus,
-    Repository, RepositoryOptions, RusticError, SnapshotOptions,
+    BackupOptions, ConfigOptions, Credentials, IndexedFullStatus, KeyOptions, NoProgressBars,
+    OpenStatus, ProgressBars, Repository, RepositoryOptions, RusticError, SnapshotOptions,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -166,15 +168,26 @@ impl SnapshotMeta {
     }
 }
 
+/// Whether a repository string names a local directory (rustic's other backends have a
+/// `kind:` prefix).
+fn is_local(repository: &str) -> bool {
+    !["rest:", "opendal:", "rclone:", "s3:", "sftp:"]
+        .iter()
+        .any(|p| repository.starts_with(p))
+}
+
 /// Chunking for new vaults: 128 KiB average content-defined chunks instead of restic's
 /// 1 MiB. A dump changes in many small scattered places from day to day (an UPDATE moves a
 /// row), and each changed place costs one to two chunks of new data; smaller chunks cut the
-/// daily growth. restic reads such vaults unchanged (chunk sizes only matter when writing).
+/// daily growth. restic reads such vaults unchanged (chunk and pack sizes only matter when
+/// writing).
 fn chunking() -> ConfigOptions {
     let mut c = ConfigOptions::default();
     c.set_chunk_size = Some(bytesize::ByteSize::kib(128));
     c.set_chunk_min_size = Some(bytesize::ByteSize::kib(32));
     c.set_chunk_max_size = Some(bytesize::ByteSize::mib(2));
+    // restic's 16 MiB packs rather than rustic's 32 MiB (fewer bytes in flight per pack).
+    c.set_datapack_size = Some(bytesize::ByteSize::mib(16));
     c
 }
 
@@ -189,7 +202,7 @@ pub struct Vault {
 }
 
 impl Vault {
-    fn repository(cfg: &VaultConfig) -> Result<Repository<()>, VaultError> {
+    fn repository(cfg: &VaultConfig, pb: impl ProgressBars) -> Result<Repository<()>, VaultError> {
         let name = cfg.repository.clone();
         let mut be = BackendOptions::default().repository(cfg.repository.clone());
         be.options = cfg.options.clone();
@@ -199,12 +212,23 @@ impl Vault {
             Some(dir) => opts = opts.cache_dir(dir.clone()),
             None => opts = opts.no_cache(true),
         }
-        Repository::new(&opts, &backends).map_err(|e| rustic_error(&name, e))
+        Repository::new_with_progress(&opts, &backends, pb).map_err(|e| rustic_error(&name, e))
     }
 
-    /// Creates a new vault; refuses if one exists.
+    /// Creates a new vault; refuses if one exists. A local vault's directory is made 0700
+    /// so that other users cannot copy the key files and guess the password offline.
     pub fn init(cfg: &VaultConfig) -> Result<Self, VaultError> {
-        let repo = Self::repository(cfg)?;
+        if is_local(&cfg.repository) {
+            let dir = Path::new(&cfg.repository);
+            let io = |e: std::io::Error| VaultError::Backend {
+                repo: cfg.repository.clone(),
+                message: format!("cannot create the directory: {e}"),
+            };
+            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io)?;
+        }
+        let repo = Self::repository(cfg, NoProgressBars)?;
         if repo
             .config_id()
             .map_err(|e| rustic_error(&cfg.repository, e))?
@@ -249,7 +273,15 @@ impl Vault {
 
     /// Opens an existing vault.
     pub fn open(cfg: &VaultConfig) -> Result<Self, VaultError> {
-        let repo = Self::repository(cfg)?;
+        Self::open_with_progress(cfg, NoProgressBars)
+    }
+
+    /// Opens an existing vault, reporting the progress of long operations to `pb`.
+    pub fn open_with_progress(
+        cfg: &VaultConfig,
+        pb: impl ProgressBars,
+    ) -> Result<Self, VaultError> {
+        let repo = Self::repository(cfg, pb)?;
         if repo
             .config_id()
             .map_err(|e| rustic_error(&cfg.repository, e))?

@@ -1,1 +1,0 @@
-//! Coming with its issue.

@@ -1,0 +1,365 @@
+//! `token issue`: create a CKAN API token, write it as a `.dcor-access` file, and keep a
+//! sealed escrow copy in the vault. No token may exist without its escrow copy.
+//!
+//! The steps, in order (each fails before the next one starts):
+//! 1. Check the inputs: user and token name, recipients, the certificate for the site
+//!    (CN or SAN names the site's host, valid now; a warning within 30 days of expiry),
+//!    that the output files do not exist yet and their directories are writable, and
+//!    that the user exists (or, with `--create-user`, does not).
+//! 2. Report earlier intents that never got an escrow copy.
+//! 3. Save an [`Intent`] in the vault: if this process dies after CKAN made the token,
+//!    the next `token issue` or `token list` says so.
+//! 4. Create the user if asked (with a generated password that goes only into the
+//!    escrow copy), then the API token.
+//! 5. Build the `.dcor-access` file with a generated password, write it (and the
+//!    password file) to 0600 temporary files, seal the escrow bundle to every recipient
+//!    and save it as an escrow snapshot whose description lists the non-secret facts.
+//! 6. Only then move the files into place and report success. If step 5 fails, the
+//!    token is revoked at CKAN again; if even that fails, the error says which token
+//!    to revoke by hand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::ckan::api::{self, Client};
+use crate::escrow::{self, Recipients};
+use crate::ledger::{self, EscrowBundle, EscrowEntry, EscrowFacts, Intent};
+use crate::vault::{Kind, Snapshot, Vault};
+
+use super::access_file::AccessFile;
+use super::cert::{self, CertReport, Certificate};
+use super::channel::Channel;
+use super::files::PendingFile;
+use super::records::{self, Records};
+use super::{TokenError, password};
+
+/// The token name when `--token-name` is not given.
+pub const DEFAULT_TOKEN_NAME: &str = "dcor-aid";
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct IssueRequest {
+    pub user: String,
+    /// Needed with `create_user`.
+    pub email: Option<String>,
+    pub create_user: bool,
+    pub token_name: String,
+    /// Where the `.dcor-access` file goes (created 0600, never overwritten).
+    pub out: PathBuf,
+    /// Where the file's password goes (created 0600); None: only returned.
+    pub password_out: Option<PathBuf>,
+    /// Also check over TLS that the site serves the certificate (always the case for
+    /// `--via api` on an https site, whose connection is pinned to it).
+    pub check_served: bool,
+}
+
+/// Where and how to issue.
+pub struct IssueSite<'a> {
+    pub vault: &'a Vault,
+    pub channel: Channel<'a>,
+    /// The site's URL (`[ckan] url` or `ckan.site_url`).
+    pub site_url: &'a str,
+    /// The label of the record snapshots (the site's host).
+    pub label: &'a str,
+    /// The site's certificate, bundled as `server.cert`.
+    pub certificate: &'a Certificate,
+    pub recipients: &'a Recipients,
+    pub timeout: Duration,
+}
+
+/// A token issued and escrowed. `Debug` hides the password.
+pub struct Issued {
+    pub entry: EscrowEntry,
+    /// The escrow snapshot's id.
+    pub escrow_snapshot: String,
+    pub out: PathBuf,
+    pub password_out: Option<PathBuf>,
+    /// The file's password, for the caller to show on a terminal when there is no
+    /// `password_out`.
+    pub password: SecretString,
+    pub cert: CertReport,
+    /// Things the operator should know (certificate, earlier intents without escrow).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("entry", &self.entry)
+            .field("escrow_snapshot", &self.escrow_snapshot)
+            .field("out", &self.out)
+            .field("password_out", &self.password_out)
+            .field("password", &"[REDACTED]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a token name: what CKAN stores, on one line, within reason.
+fn check_token_name(name: &str) -> Result<(), TokenError> {
+    let ok = !name.trim().is_empty()
+        && name.chars().count() <= 100
+        && !name.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(TokenError::BadTokenName {
+            name: name.chars().take(40).collect(),
+        })
+    }
+}
+
+/// The host of a site URL.
+pub(crate) fn site_host(site_url: &str) -> Result<String, TokenError> {
+    let url = url::Url::parse(site_url.trim()).map_err(|e| api::Error::InvalidUrl {
+        url: site_url.to_string(),
+        reason: e.to_string(),
+    })?;
+    url.host_str()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            api::Error::InvalidUrl {
+                url: site_url.to_string(),
+                reason: "no host".into(),
+            }
+            .into()
+        })
+}
+
+/// Whether a URL uses https.
+pub(crate) fn is_https(site_url: &str) -> bool {
+    site_url
+        .trim_start()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https:"))
+}
+
+/// Issues a token; see the module documentation for the steps.
+pub fn issue(
+    site: &IssueSite<'_>,
+    req: &IssueRequest,
+    now: Timestamp,
+) -> Result<Issued, TokenError> {
+    // 1. Inputs.
+    if !ledger::is_valid_user_name(&req.user) {
+        return Err(TokenError::BadUserName {
+            name: req.user.chars().take(40).collect(),
+        });
+    }
+    check_token_name(&req.token_name)?;
+    let email = match (&req.email, req.create_user) {
+        (Some(e), true) => Some(e.as_str()),
+        (None, true) => return Err(TokenError::NeedsEmail),
+        (_, false) => None,
+    };
+    if site.recipients.is_empty() {
+        return Err(TokenError::NoRecipients);
+    }
+    let host = site_host(site.site_url)?;
+    let report = cert::check_for_site(site.certificate, &host, now)?;
+    let mut warnings: Vec<String> = report.warnings.iter().map(ToString::to_string).collect();
+    if !is_https(site.site_url) {
+        warnings.push(format!(
+            "the site URL {} is not https: DCOR-Aid connects to https://{} and trusts only the bundled certificate",
+            site.site_url, report.hostname
+        ));
+    }
+    if req.password_out.as_ref() == Some(&req.out) {
+        return Err(TokenError::Exists {
+            path: req.out.clone(),
+        });
+    }
+    let mut out_file = PendingFile::new(&req.out)?;
+    let mut pw_file = req
+        .password_out
+        .as_deref()
+        .map(PendingFile::new)
+        .transpose()?;
+    if req.check_served && is_https(site.site_url) {
+        // The handshake fails unless the site serves exactly this certificate.
+        Client::pinned(site.site_url, None, site.timeout, site.certificate.pem())?.status_show()?;
+    }
+    match (site.channel.user_exists(&req.user)?, req.create_user) {
+        (Some(false), false) => {
+            return Err(TokenError::NoSuchUser {
+                user: req.user.clone(),
+            });
+        }
+        (Some(true), true) => {
+            return Err(TokenError::UserExists {
+                user: req.user.clone(),
+            });
+        }
+        _ => {}
+    }
+
+    // 2. Earlier intents without escrow.
+    let records = Records::load(site.vault)?;
+    for i in records.unresolved_intents() {
+        let text = records::describe_intent(i, now);
+        log::warn!("{text}");
+        warnings.push(text);
+    }
+
+    // 3. The intent, before CKAN is asked for anything.
+    let host_name = records::hostname();
+    let via = site.channel.via();
+    let intent = Intent::new(
+        &req.user,
+        &req.token_name,
+        site.site_url,
+        via,
+        &host_name,
+        now,
+    );
+    let intent_snap = records::save(
+        site.vault,
+        Kind::Intent,
+        site.label,
+        Some(&req.user),
+        intent.to_json(),
+        ledger::files::INTENT,
+        Vec::new(),
+    )?;
+
+    // 4. User and token.
+    let user_password = req.create_user.then(password::generate);
+    let created = (|| {
+        if let (Some(pw), Some(email)) = (&user_password, email) {
+            site.channel.create_user(&req.user, email, pw)?;
+            log::info!("created CKAN user {}", req.user);
+        }
+        site.channel.create_token(&req.user, &req.token_name)
+    })();
+    let token = match created {
+        Ok(t) => t,
+        Err(e) => {
+            forget_intent(site.vault, &intent_snap);
+            return Err(e);
+        }
+    };
+    let created_at = Timestamp::now();
+    log::info!("CKAN created token {} for {}", token.id, req.user);
+
+    // 5. File, password, escrow.
+    let file_password = password::generate();
+    let escrowed = (|| -> Result<(EscrowEntry, Snapshot), TokenError> {
+        let access = AccessFile::new(token.token.clone(), site.certificate.pem().to_vec());
+        let bytes = Zeroizing::new(access.to_bytes(&file_password)?);
+        let entry: EscrowEntry = EscrowFacts {
+            user: req.user.clone(),
+            token_id: token.id.clone(),
+            token_name: req.token_name.clone(),
+            created: created_at,
+            site_url: site.site_url.to_string(),
+            hostname: report.hostname.clone(),
+            cert_sha256: report.fingerprint_sha256.clone(),
+            cert_not_after: report.not_after,
+            file_sha256: hex::encode(Sha256::digest(bytes.as_slice())),
+            recipients: site.recipients.to_strings(),
+            intent: intent.id.clone(),
+            via,
+            user_created: req.create_user,
+            issued_on: host_name.clone(),
+        }
+        .into();
+        out_file.write(&bytes)?;
+        if let Some(f) = &mut pw_file {
+            let mut line =
+                Zeroizing::new(secrecy::ExposeSecret::expose_secret(&file_password).to_string());
+            line.push('\n');
+            f.write(line.as_bytes())?;
+        }
+        let bundle = EscrowBundle {
+            entry: entry.clone(),
+            access_file: bytes,
+            password: file_password.clone(),
+            user_password: user_password.clone(),
+        };
+        let sealed = escrow::seal(site.recipients, &bundle.to_bytes())?;
+        let snap = records::save(
+            site.vault,
+            Kind::Escrow,
+            site.label,
+            Some(&req.user),
+            entry.to_json(),
+            ENTRY_FILE,
+            vec![(ledger::files::ESCROW.to_string(), sealed)],
+        )?;
+        Ok((entry, snap))
+    })();
+    let (entry, snap) = match escrowed {
+        Ok(v) => v,
+        Err(e) => {
+            drop(out_file);
+            drop(pw_file);
+            let reason = e.to_string();
+            log::error!(
+                "escrow failed: {reason}; revoking token {} at CKAN",
+                token.id
+            );
+            return Err(match site.channel.revoke(&token.id) {
+                Ok(()) => {
+                    forget_intent(site.vault, &intent_snap);
+                    TokenError::EscrowFailed {
+                        user: req.user.clone(),
+                        token_id: token.id.clone(),
+                        reason,
+                    }
+                }
+                Err(re) => TokenError::EscrowFailedTokenLive {
+                    user: req.user.clone(),
+                    token_id: token.id.clone(),
+                    reason,
+                    revoke_error: re.to_string(),
+                },
+            });
+        }
+    };
+    let escrow_snapshot = snap.id.to_string();
+    log::info!(
+        "escrow copy of token {} saved as snapshot {}",
+        entry.token_id,
+        &escrow_snapshot[..8]
+    );
+
+    // 6. Files into place.
+    let not_written = |e: TokenError| TokenError::WrittenOnlyToEscrow {
+        user: req.user.clone(),
+        snapshot: escrow_snapshot[..8].to_string(),
+        reason: e.to_string(),
+    };
+    let out = out_file.commit().map_err(not_written)?;
+    let password_out = pw_file
+        .map(PendingFile::commit)
+        .transpose()
+        .map_err(not_written)?;
+    Ok(Issued {
+        entry,
+        escrow_snapshot,
+        out,
+        password_out,
+        password: file_password,
+        cert: report,
+        warnings,
+    })
+}
+
+/// The name of the entry's JSON inside an escrow snapshot (the description holds it too).
+pub const ENTRY_FILE: &str = "entry.json";
+
+/// Deletes an intent that turned out to need no escrow copy (nothing was created, or the
+/// token was revoked again). If that fails, the intent stays and is reported later.
+fn forget_intent(vault: &Vault, snap: &Snapshot) {
+    if let Err(e) = vault.delete(std::slice::from_ref(snap)) {
+        log::warn!(
+            "could not delete intent snapshot {} ({e}); `token list` will report it until `token revoke` resolves it",
+            &snap.id.to_string()[..8]
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The token records in the vault ([`crate::ledger`]) as the workflow sees them: loaded
+//! from snapshot descriptions (no private key, no index), matched against each other,
+//! and saved as small snapshots.
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::ledger::{self, EscrowEntry, Intent, Revocation};
+use crate::vault::{Kind, Snapshot, SnapshotMeta, Vault, VaultError};
+
+use super::TokenError;
+
+/// An intent younger than this may belong to a `token issue` that is still running.
+pub const INTENT_GRACE: SignedDuration = SignedDuration::from_mins(15);
+
+/// A record with the snapshot that holds it.
+#[derive(Debug, Clone)]
+pub struct Recorded<T> {
+    pub snapshot: Snapshot,
+    pub record: T,
+}
+
+impl<T> Recorded<T> {
+    /// The snapshot id, shortened as restic shows it.
+    #[must_use]
+    pub fn short_id(&self) -> String {
+        self.snapshot.id.to_string()[..8].to_string()
+    }
+}
+
+/// Every token record in a vault, oldest first.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub escrows: Vec<Recorded<EscrowEntry>>,
+    pub intents: Vec<Recorded<Intent>>,
+    pub revocations: Vec<Recorded<Revocation>>,
+    /// Record snapshots whose description could not be read (`ID: reason`).
+    pub unreadable: Vec<String>,
+}
+
+/// What a `USER|TOKEN_ID` argument names.
+#[derive(Debug)]
+pub enum Selection<'a> {
+    /// One escrowed token.
+    Token(&'a Recorded<EscrowEntry>),
+    /// A user: their escrowed tokens and unresolved intents.
+    User {
+        user: String,
+        escrows: Vec<&'a Recorded<EscrowEntry>>,
+        intents: Vec<&'a Recorded<Intent>>,
+    },
+}
+
+impl Records {
+    /// Reads the records from the snapshots' descriptions (one listing of the vault).
+    pub fn load(vault: &Vault) -> Result<Records, VaultError> {
+        let mut out = Records::default();
+        for snap in vault.all_snapshots()? {
+            let kind = Kind::of(&snap);
+            let text = snap.description.clone().unwrap_or_default();
+            let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", &snap.id.to_string()[..8]);
+            match kind {
+                Some(Kind::Escrow) => match EscrowEntry::parse(&text) {
+                    Ok(record) => out.escrows.push(Recorded {
+                        snapshot: snap,
+                        record,
+                    }),
+                    Err(e) => out.unreadable.push(bad(&e)),
+                },
+                Some(Kind::Intent) => match Intent::parse(&text) {
+                    Ok(record) => out.intents.push(Recorded {
+                        snapshot: snap,
+                        record,
+                    }),
+                    Err(e) => out.unreadable.push(bad(&e)),
+                },
+                Some(Kind::Revocation) => match Revocation::parse(&text) {
+                    Ok(record) => out.revocations.push(Recorded {
+                        snapshot: snap,
+                        record,
+                    }),
+                    Err(e) => out.unreadable.push(bad(&e)),
+                },
+                _ => {}
+            }
+        }
+        for e in &out.unreadable {
+            log::warn!("unreadable token record in snapshot {e}");
+        }
+        Ok(out)
+    }
+
+    /// The first recorded revocation of `token_id`.
+    #[must_use]
+    pub fn revocation(&self, token_id: &str) -> Option<&Recorded<Revocation>> {
+        self.revocations
+            .iter()
+            .find(|r| r.record.token_id == token_id)
+    }
+
+    /// Whether the escrowed token is revoked (as recorded in the vault).
+    #[must_use]
+    pub fn is_revoked(&self, token_id: &str) -> bool {
+        self.revocation(token_id).is_some()
+    }
+
+    /// Intents that neither an escrow entry nor a revocation resolves: a token may exist
+    /// at CKAN without its escrow copy.
+    #[must_use]
+    pub fn unresolved_intents(&self) -> Vec<&Recorded<Intent>> {
+        self.intents
+            .iter()
+            .filter(|i| {
+                let id = &i.record.id;
+                !self.escrows.iter().any(|e| &e.record.intent == id)
+                    && !self
+                        .revocations
+                        .iter()
+                        .any(|r| r.record.intent.as_ref() == Some(id))
+            })
+            .collect()
+    }
+
+    /// The escrow entry of a token id, if escrowed.
+    #[must_use]
+    pub fn escrow_of(&self, token_id: &str) -> Option<&Recorded<EscrowEntry>> {
+        self.escrows.iter().find(|e| e.record.token_id == token_id)
+    }
+
+    /// Resolves `USER|TOKEN_ID`: a full token id, a unique prefix of one (at least 6
+    /// characters), else a user with escrowed tokens or unresolved intents.
+    pub fn select(&self, spec: &str) -> Result<Selection<'_>, TokenError> {
+        if let Some(e) = self.escrow_of(spec) {
+            return Ok(Selection::Token(e));
+        }
+        if spec.len() >= 6 {
+            let hits: Vec<&Recorded<EscrowEntry>> = self
+                .escrows
+                .iter()
+                .filter(|e| e.record.token_id.starts_with(spec))
+                .collect();
+            match hits.as_slice() {
+                [one] => return Ok(Selection::Token(one)),
+                [] => {}
+                many => {
+                    return Err(TokenError::Ambiguous {
+                        spec: spec.to_string(),
+                        count: many.len(),
+                    });
+                }
+            }
+        }
+        let escrows: Vec<_> = self
+            .escrows
+            .iter()
+            .filter(|e| e.record.user == spec)
+            .collect();
+        let intents: Vec<_> = self
+            .unresolved_intents()
+            .into_iter()
+            .filter(|i| i.record.user == spec)
+            .collect();
+        if escrows.is_empty() && intents.is_empty() {
+            return Err(TokenError::NoMatch {
+                spec: spec.to_string(),
+            });
+        }
+        Ok(Selection::User {
+            user: spec.to_string(),
+            escrows,
+            intents,
+        })
+    }
+}
+
+/// Describes an unresolved intent for the operator: who, when, where, and what to do.
+#[must_use]
+pub fn describe_intent(i: &Recorded<Intent>, now: Timestamp) -> String {
+    let r = &i.record;
+    let running = if now.duration_since(r.started) < INTENT_GRACE {
+        " (it may still be running)"
+    } else {
+        ""
+    };
+    format!(
+        "`token issue {}` started {} on {}{running} has no escrow copy: a token named {:?} may exist at CKAN without escrow; run `ckan-vault token revoke {}`",
+        r.user,
+        r.started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        r.host,
+        r.token_name,
+        r.user
+    )
+}
+
+/// Saves a record snapshot: tags `ckan-vault`, the kind and `user:NAME`; the record's
+/// JSON as description and as the file `name`, plus `extra` files.
+pub fn save(
+    vault: &Vault,
+    kind: Kind,
+    label: &str,
+    user: Option<&str>,
+    json: String,
+    name: &str,
+    extra: Vec<(String, Vec<u8>)>,
+) -> Result<Snapshot, VaultError> {
+    let mut meta = SnapshotMeta::new(kind, label);
+    if let Some(u) = user {
+        meta.extra_tags.push(ledger::user_tag(u));
+    }
+    meta.description = Some(json.clone());
+    let mut files = vec![(name.to_string(), json.into_bytes())];
+    files.extend(extra);
+    vault.save_files(&meta, files)
+}
+
+/// This machine's name, recorded with every record.
+#[must_use]
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // on success (and we stop at the first NUL or the end either way).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

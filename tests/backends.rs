@@ -1,0 +1,278 @@
+//! The vault on a REST server (rustic_server, also append-only) and on S3 (moto's
+//! moto_server), both started here on 127.0.0.1: init, backup, snapshots, restore, the run
+//! lock, and forget (refused with a clear message in append-only mode).
+//!
+//! `.ci/run install` provides both servers under $CKAN_VAULT_TEST_CACHE (default
+//! /work/cache/test): `rustic-server-0.4.4/bin/rustic-server` and `moto-venv/bin/moto_server`.
+//! $CKAN_VAULT_RUSTIC_SERVER and $CKAN_VAULT_MOTO_SERVER override the paths.
+
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pg::unique;
+use common::site::{Site, stderr};
+
+fn cache() -> PathBuf {
+    std::env::var_os("CKAN_VAULT_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/work/cache/test"))
+}
+
+fn tool(var: &str, default: &str) -> PathBuf {
+    let p = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join(default));
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash .ci/run install` (or set ${var})",
+        p.display()
+    );
+    p
+}
+
+/// A server process on 127.0.0.1, killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(mut cmd: Command, port: u16, log: PathBuf) -> Server {
+        let f = std::fs::File::create(&log).unwrap();
+        cmd.stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f);
+        let child = cmd.spawn().expect("start server");
+        let mut s = Server { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!(
+                    "server exited ({status}): {}",
+                    std::fs::read_to_string(&s.log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.port = port;
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Points the site's config at another vault (`extra` goes after the repository line).
+fn use_vault(site: &Site, repository: &str, extra: &str) {
+    let text = std::fs::read_to_string(&site.config).unwrap();
+    let local = format!("repository = \"{}\"", site.vault.display());
+    assert!(text.contains(&local));
+    let text = text.replace(&local, &format!("repository = \"{repository}\""));
+    std::fs::write(&site.config, format!("{text}\n{extra}\n")).unwrap();
+}
+
+/// init, backup, snapshots, restore and the lock on whatever vault the config names.
+fn exercise(site: &Site, what: &str) {
+    let t = Instant::now();
+    site.ok(&["init"]);
+    let b = site.json(&["backup"]);
+    assert_eq!(b["ok"], true, "{b}");
+    let b2 = site.json(&["backup"]);
+    assert!(b2["data_added"].as_u64().unwrap() < b["data_added"].as_u64().unwrap());
+    assert_eq!(site.backups().len(), 2);
+    let c = site.cluster();
+    let (main, ds) = (unique("r_main"), unique("r_ds"));
+    let out = site.path().join(unique("storage"));
+    let r = site.json(&[
+        "restore",
+        "latest",
+        "--db",
+        &c.url(&main),
+        "--datastore-db",
+        &c.url(&ds),
+        "--storage",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&main));
+    assert_eq!(c.fingerprint(&site.datastore_db), c.fingerprint(&ds));
+    // The run lock's object lives in this vault too.
+    let owner = Command::new("sleep").arg("300").spawn().unwrap();
+    site.ok(&["hook", "pre-backup", "--owner-pid", &owner.id().to_string()]);
+    let o = site.cli_env(
+        &["forget", "--prune"],
+        &[("CKAN_VAULT_RETENTION_KEEP_LAST", "1")],
+    );
+    assert!(
+        stderr(&o).contains("another run holds the lock"),
+        "{what}: {}",
+        stderr(&o)
+    );
+    site.ok(&["hook", "finally", "--owner-pid", &owner.id().to_string()]);
+    let mut owner = owner;
+    let _ = owner.kill();
+    let _ = owner.wait();
+    let check = site.json(&["check"]);
+    assert_eq!(check["ok"], true, "{check}");
+    eprintln!(
+        "{what}: init, 2 backups, restore, lock, check in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn rest_server_vault_and_append_only_mode() {
+    let site = Site::new(80);
+    let bin = tool(
+        "CKAN_VAULT_RUSTIC_SERVER",
+        "rustic-server-0.4.4/bin/rustic-server",
+    );
+    let data = site.path().join("rest-data");
+    std::fs::create_dir(&data).unwrap();
+    let serve = |append_only: bool| {
+        let port = free_port();
+        let mut c = Command::new(&bin);
+        c.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-auth",
+            "--path",
+        ])
+        .arg(&data);
+        if append_only {
+            c.arg("--append-only");
+        }
+        Server::start(c, port, site.path().join(unique("rest.log")))
+    };
+    let server = serve(false);
+    let url = format!("rest:http://127.0.0.1:{}/ckan", server.port);
+    use_vault(&site, &url, "");
+    exercise(&site, "REST");
+    let ids: Vec<String> = site
+        .backups()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    drop(server);
+
+    // Append-only: backups work, forget is refused with a clear message, nothing is lost.
+    let server = serve(true);
+    let url2 = format!("rest:http://127.0.0.1:{}/ckan", server.port);
+    let text = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace(&url, &url2);
+    std::fs::write(&site.config, text).unwrap();
+    site.ok(&["backup"]);
+    assert_eq!(site.backups().len(), 3);
+    let o = site.cli_env(&["forget"], &[("CKAN_VAULT_RETENTION_KEEP_LAST", "1")]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("append-only"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let left: Vec<String> = site
+        .backups()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.iter().all(|i| left.contains(i)), "{left:?}");
+    // The lock objects of the runs above were removed again (allowed in append-only mode).
+    let locks = data.join("ckan/locks");
+    let n = std::fs::read_dir(&locks).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(n, 0, "lock objects left in {}", locks.display());
+    // restic reads the vault through the same server.
+    let o = Command::new("restic")
+        .args([
+            "-r",
+            &url2,
+            "--no-cache",
+            "--no-lock",
+            "snapshots",
+            "--json",
+        ])
+        .env("RESTIC_PASSWORD_FILE", &site.password_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.len(), 3);
+}
+
+#[test]
+fn s3_vault_on_a_local_s3_server() {
+    let site = Site::new(80);
+    let bin = tool("CKAN_VAULT_MOTO_SERVER", "moto-venv/bin/moto_server");
+    let port = free_port();
+    let mut c = Command::new(&bin);
+    c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    let server = Server::start(c, port, site.path().join("moto.log"));
+    // moto accepts any credentials; the bucket must exist before the vault.
+    let endpoint = format!("http://127.0.0.1:{}", server.port);
+    let bucket = unique("ckan").replace('_', "-");
+    let r = reqwest::blocking::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text());
+    let secret = site.path().join("s3-secret");
+    std::fs::write(&secret, "test-secret-key\n").unwrap();
+    use_vault(
+        &site,
+        "opendal:s3",
+        &format!(
+            "[repository.options]\nbucket = \"{bucket}\"\nroot = \"/vault\"\nregion = \"us-east-1\"\n\
+             endpoint = \"{endpoint}\"\naccess_key_id = \"testing\"\n"
+        ),
+    );
+    // The secret key comes from a file, not from the config.
+    let text = std::fs::read_to_string(&site.config).unwrap().replacen(
+        "[repository]\n",
+        &format!(
+            "[repository]\nsecret-access-key-file = \"{}\"\n",
+            secret.display()
+        ),
+        1,
+    );
+    std::fs::write(&site.config, text).unwrap();
+    exercise(&site, "S3");
+    // Retention works on S3 (deletes are allowed there).
+    let o = site.cli_env(&["forget"], &[("CKAN_VAULT_RETENTION_KEEP_LAST", "1")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(site.backups().len(), 1);
+    // restic reads the same bucket.
+    let o = Command::new("restic")
+        .args([
+            "-r",
+            &format!("s3:{endpoint}/{bucket}/vault"),
+            "--no-cache",
+            "--no-lock",
+            "snapshots",
+            "--json",
+        ])
+        .env("RESTIC_PASSWORD_FILE", &site.password_file)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.len(), 1);
+}
