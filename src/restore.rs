@@ -419,30 +419,54 @@ pub fn verify_database(
 ) -> Result<(Vec<TableMismatch>, Vec<String>), RestoreError> {
     let present = pg.list_tables(target)?;
     let mut mismatches = Vec::new();
+    // Largest tables first, over as many psql sessions as there are cores: each COPY is
+    // bound by one server backend, so verification scales with parallel sessions.
+    let mut work: Vec<(&String, &crate::pg::archive::TableData)> = Vec::new();
     for (name, table) in &record.dump.tables {
-        if !present.iter().any(|p| unquote(p) == unquote(name)) {
+        if present.iter().any(|p| unquote(p) == unquote(name)) {
+            work.push((name, table));
+        } else {
             mismatches.push(TableMismatch {
                 table: name.clone(),
                 detail: "missing".into(),
             });
-            continue;
-        }
-        match pg.copy_sum(target, &table.copy, record.dump.encoding.as_deref()) {
-            Ok(sum) if sum == table.sum => {}
-            Ok(sum) if sum.rows != table.sum.rows => mismatches.push(TableMismatch {
-                table: name.clone(),
-                detail: format!("{} rows, manifest says {}", sum.rows, table.sum.rows),
-            }),
-            Ok(_) => mismatches.push(TableMismatch {
-                table: name.clone(),
-                detail: "checksum differs (same row count)".into(),
-            }),
-            Err(e) => mismatches.push(TableMismatch {
-                table: name.clone(),
-                detail: format!("cannot read: {e}"),
-            }),
         }
     }
+    work.sort_by_key(|(_, t)| std::cmp::Reverse(t.sum.bytes));
+    let jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(work.len().max(1));
+    let queue = std::sync::Mutex::new(work.into_iter());
+    let found = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().expect("queue").next();
+                    let Some((name, table)) = next else { break };
+                    let problem =
+                        match pg.copy_sum(target, &table.copy, record.dump.encoding.as_deref()) {
+                            Ok(sum) if sum == table.sum => None,
+                            Ok(sum) if sum.rows != table.sum.rows => Some(format!(
+                                "{} rows, manifest says {}",
+                                sum.rows, table.sum.rows
+                            )),
+                            Ok(_) => Some("checksum differs (same row count)".to_string()),
+                            Err(e) => Some(format!("cannot read: {e}")),
+                        };
+                    if let Some(detail) = problem {
+                        found.lock().expect("found").push(TableMismatch {
+                            table: name.clone(),
+                            detail,
+                        });
+                    }
+                }
+            });
+        }
+    });
+    let mut found = found.into_inner().expect("found");
+    found.sort_by(|a, b| a.table.cmp(&b.table));
+    mismatches.extend(found);
     let known: Vec<String> = record.dump.tables.keys().map(|k| unquote(k)).collect();
     let extra = present
         .into_iter()
