@@ -745,4 +745,62 @@ mod tests {
         assert!(s.datastore.is_none());
         assert_eq!(s.label, "prod");
     }
+
+    #[test]
+    fn escrow_recipients_sealer_and_ckan_settings() {
+        let key = age::x25519::Identity::generate();
+        let public = key.to_public().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        assert!(c.escrow_recipients().unwrap().is_none());
+        assert!(c.config_sealer().unwrap().is_none());
+        c.escrow.seal_config = Some(true);
+        assert!(matches!(
+            c.config_sealer(),
+            Err(ConfigError::SealWithoutRecipients)
+        ));
+
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# officer\n{public}\n")).unwrap();
+        c.escrow.recipients_file = Some(file.clone());
+        c.escrow.recipients = vec![public.clone()];
+        assert_eq!(c.escrow_recipients().unwrap().unwrap().len(), 2);
+        let seal = c.config_sealer().unwrap().unwrap();
+        let sealed = seal(b"SECRET_KEY = x").unwrap();
+        assert!(sealed.starts_with(b"age-encryption.org/v1"));
+        c.escrow.seal_config = Some(false);
+        assert!(c.config_sealer().unwrap().is_none());
+        std::fs::write(&file, "# nobody\n").unwrap();
+        c.escrow.recipients.clear();
+        assert!(c.escrow_recipients().is_err());
+        c.escrow.recipients = vec!["AGE-SECRET-KEY-1XYZ".into()];
+        let err = c.escrow_recipients().unwrap_err().to_string();
+        assert!(!err.contains("XYZ") && err.contains("private key"), "{err}");
+
+        // The URL: [ckan] url, else ckan.site_url from ckan.ini.
+        let ini = dir.path().join("ckan.ini");
+        std::fs::write(
+            &ini,
+            "[app:main]\nckan.site_url = https://dcor.example.com\n",
+        )
+        .unwrap();
+        let mut c = Config::default();
+        c.ckan.ini = Some(ini);
+        assert_eq!(c.ckan_url().unwrap(), "https://dcor.example.com");
+        assert_eq!(c.site_label(), "dcor.example.com");
+        c.ckan.url = Some("https://other.example.org".into());
+        assert_eq!(c.ckan_url().unwrap(), "https://other.example.org");
+        assert!(matches!(
+            c.ckan_certificate_path(),
+            Err(ConfigError::NoCertificate)
+        ));
+        // An https site with a certificate: the client pins it (so it must parse).
+        c.ckan.certificate = Some(dir.path().join("missing.pem"));
+        assert!(matches!(
+            c.ckan_client(),
+            Err(ConfigError::Certificate { .. })
+        ));
+        let (cmd, _) = c.ckan_cli().unwrap();
+        assert_eq!(cmd, ["ckan"]);
+    }
 }

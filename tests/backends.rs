@@ -147,6 +147,9 @@ fn rest_server_vault_and_append_only_mode() {
     );
     let data = site.path().join("rest-data");
     std::fs::create_dir(&data).unwrap();
+    // No per-repository ACL: the server's defaults apply (a user owns the repository of
+    // its own name; --append-only then forbids deletes). --no-auth accepts any password.
+    std::fs::write(data.join("acl.toml"), "").unwrap();
     let serve = |append_only: bool| {
         let port = free_port();
         let mut c = Command::new(&bin);
@@ -164,7 +167,7 @@ fn rest_server_vault_and_append_only_mode() {
         Server::start(c, port, site.path().join(unique("rest.log")))
     };
     let server = serve(false);
-    let url = format!("rest:http://127.0.0.1:{}/ckan", server.port);
+    let url = format!("rest:http://ckan:pw@127.0.0.1:{}/ckan", server.port);
     use_vault(&site, &url, "");
     exercise(&site, "REST");
     let ids: Vec<String> = site
@@ -174,25 +177,40 @@ fn rest_server_vault_and_append_only_mode() {
         .collect();
     drop(server);
 
-    // Append-only: backups work, forget is refused with a clear message, nothing is lost.
+    // Append-only: backups work.
     let server = serve(true);
-    let url2 = format!("rest:http://127.0.0.1:{}/ckan", server.port);
+    let url2 = format!("rest:http://ckan:pw@127.0.0.1:{}/ckan", server.port);
     let text = std::fs::read_to_string(&site.config)
         .unwrap()
         .replace(&url, &url2);
     std::fs::write(&site.config, text).unwrap();
     site.ok(&["backup"]);
     assert_eq!(site.backups().len(), 3);
+    // rustic_server 0.4.4 checks only "append" access for DELETE, so its --append-only does
+    // not stop deletes (restic's rest-server answers 403). A per-repository ACL that denies
+    // deletes does: there, forget is refused with one clear line and nothing is lost.
+    drop(server);
+    std::fs::write(data.join("acl.toml"), "[ckan]\nckan = \"Read\"\n").unwrap();
+    let server = serve(true);
+    let url3 = format!("rest:http://ckan:pw@127.0.0.1:{}/ckan", server.port);
+    let text = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace(&url2, &url3);
+    std::fs::write(&site.config, text).unwrap();
     let o = site.cli_env(&["forget"], &[("CKAN_VAULT_RETENTION_KEEP_LAST", "1")]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("append-only"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("refused to delete snapshots") && err.contains("append-only"),
+        "{err}"
+    );
+    assert_eq!(err.matches("ckan-vault: error:").count(), 1, "{err}");
     let left: Vec<String> = site
         .backups()
         .iter()
         .map(|b| b["id"].as_str().unwrap().to_string())
         .collect();
+    assert_eq!(left.len(), 3);
     assert!(ids.iter().all(|i| left.contains(i)), "{left:?}");
     // The lock objects of the runs above were removed again (allowed in append-only mode).
     let locks = data.join("ckan/locks");
@@ -202,7 +220,7 @@ fn rest_server_vault_and_append_only_mode() {
     let o = Command::new("restic")
         .args([
             "-r",
-            &url2,
+            &url3,
             "--no-cache",
             "--no-lock",
             "snapshots",
@@ -211,7 +229,12 @@ fn rest_server_vault_and_append_only_mode() {
         .env("RESTIC_PASSWORD_FILE", &site.password_file)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        o.status.success(),
+        "{}\nserver log:\n{}",
+        stderr(&o),
+        std::fs::read_to_string(&server.log).unwrap_or_default()
+    );
     let list: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(list.len(), 3);
 }

@@ -50,6 +50,18 @@ fn save_doctored(vault: &Vault, label: &str, files: Vec<(String, Vec<u8>)>) -> S
     snap.id.to_hex().to_string()
 }
 
+/// A new backup snapshot whose main dump has `from` replaced by `to` and a stale manifest.
+fn doctor_main_dump(site: &Site, from: &[u8], to: &[u8]) -> String {
+    let vault = open(site);
+    let (snap, mut files) = files_of_latest(&vault);
+    let dump = files
+        .iter_mut()
+        .find(|(p, _)| p == "db/ckan.pgdump")
+        .unwrap();
+    replace_same_length(&mut dump.1, from, to);
+    save_doctored(&vault, &snap.label, files)
+}
+
 fn replace_same_length(bytes: &mut [u8], from: &[u8], to: &[u8]) {
     assert_eq!(from.len(), to.len());
     let pos = bytes
@@ -148,15 +160,7 @@ fn a_good_backup_drills_clean_and_is_recorded() {
 fn a_changed_row_in_the_dump_fails_naming_the_table() {
     let site = Site::new(60);
     site.ok(&["backup"]);
-    let vault = open(&site);
-    let (snap, mut files) = files_of_latest(&vault);
-    let dump = files
-        .iter_mut()
-        .find(|(p, _)| p == "db/ckan.pgdump")
-        .unwrap();
-    replace_same_length(&mut dump.1, b"user5@example.org", b"user5@examplf.org");
-    let id = save_doctored(&vault, &snap.label, files);
-    drop(vault);
+    let id = doctor_main_dump(&site, b"user5@example.org", b"user5@examplf.org");
     let (code, rep) = drill(&site, &[&id]);
     assert_eq!(code, Some(1), "{rep}");
     assert_eq!(rep["verdict"], "fail");
@@ -178,19 +182,11 @@ fn a_changed_row_in_the_dump_fails_naming_the_table() {
 fn a_dump_that_restores_with_errors_fails() {
     let site = Site::new(30);
     site.ok(&["backup"]);
-    let vault = open(&site);
-    let (snap, mut files) = files_of_latest(&vault);
-    let dump = files
-        .iter_mut()
-        .find(|(p, _)| p == "db/ckan.pgdump")
-        .unwrap();
-    replace_same_length(
-        &mut dump.1,
+    let id = doctor_main_dump(
+        &site,
         b"CREATE TABLE public.package ",
         b"CREATE TABLX public.package ",
     );
-    let id = save_doctored(&vault, &snap.label, files);
-    drop(vault);
     let (code, rep) = drill(&site, &[&id]);
     assert_eq!(code, Some(1), "{rep}");
     let restore = check(&rep, "main: restore");

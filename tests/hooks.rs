@@ -743,9 +743,11 @@ fn metrics_file_parses_and_is_replaced_atomically() {
     let du: u64 = walkdir::WalkDir::new(&site.vault)
         .into_iter()
         .flatten()
-        .filter(|e| e.file_type().is_file()
+        .filter(|e| {
+            e.file_type().is_file()
                 && !e.path().starts_with(site.vault.join("locks"))
-                && e.path() != site.vault.join("config"))
+                && e.path() != site.vault.join("config")
+        })
         .map(|e| e.metadata().unwrap().len())
         .sum();
     assert_eq!(m["ckan_vault_repository_size_bytes"], du as f64);

@@ -388,8 +388,10 @@ fn issue_inspect_verify_list_recover_revoke() {
         &user,
         "--identity",
         other_key.to_str().unwrap(),
+        "--out",
+        "denied.dcor-access",
         "--password-out",
-        "x.pw",
+        "denied.pw",
     ]);
     assert_eq!(denied.status.code(), Some(2), "{}", text(&denied));
     assert!(
@@ -397,7 +399,8 @@ fn issue_inspect_verify_list_recover_revoke() {
         "{}",
         text(&denied)
     );
-    assert!(!env.path(&format!("{user}.dcor-access.x")).exists());
+    assert!(!env.path("denied.dcor-access").exists());
+    assert!(!env.path("denied.pw").exists());
 
     // revoke: at CKAN, then recorded; the file stops working.
     let revoked = env.json(&["token", "revoke", &user]);

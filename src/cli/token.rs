@@ -224,6 +224,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             }
             human.push_str("Send the file and its password on different channels.\n");
             g.print(&j, &human);
+            if issued.password_out.is_none() {
+                show_password_when_quiet(g, &issued.password);
+            }
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Inspect {
@@ -353,7 +356,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
                 l.tokens.len()
             ));
             for i in &l.unescrowed_intents {
-                log::warn!("{}", i.message);
+                if g.json {
+                    log::warn!("{}", i.message);
+                }
                 human.push_str(&format!("WARNING: {}\n", i.message));
             }
             for u in &l.unreadable {
@@ -410,6 +415,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
                     j["password"] = r.password.expose_secret().into();
                     human.push_str(&format!("  password: {}\n", r.password.expose_secret()));
                 }
+            }
+            if r.password_out.is_none() {
+                show_password_when_quiet(g, &r.password);
             }
             if let Some(t) = r.revoked {
                 human.push_str(&format!(
@@ -540,6 +548,14 @@ fn password_for(
     };
     let pw = SecretString::from(rpassword::prompt_password(prompt)?);
     Ok((!pw.expose_secret().is_empty()).then_some(pw))
+}
+
+/// `-q` hides the human output, but a generated password exists nowhere else on this
+/// host: show it anyway.
+fn show_password_when_quiet(g: &Global, password: &SecretString) {
+    if g.quiet && !g.json {
+        println!("password: {}", password.expose_secret());
+    }
 }
 
 /// Reports an error like `main` does, with a specific exit code.

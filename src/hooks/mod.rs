@@ -366,11 +366,15 @@ pub fn post_backup(config: &Config, s: &Settings) -> Result<HookOutcome, HookErr
     Ok(out)
 }
 
-/// The error text a failing `stdin-dump` left for the `failed` hook.
+/// Leaves the error text of a failing `stdin-dump` for the `failed` hook of the framework
+/// run it belongs to (only while a run holds the lock: there is no such hook otherwise).
 pub fn note_failure(config: &Config, state_dir: &Path, message: &str) {
     let Some(repo) = config.repository.repository.as_deref() else {
         return;
     };
+    if !matches!(lock::current(repo, state_dir), Ok(Some(_))) {
+        return;
+    }
     let path = lock::state_file(state_dir, repo, "last-error");
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(path.parent().expect("has a parent"))?;

@@ -321,7 +321,7 @@ pub fn issue(
             });
         }
     };
-    let escrow_snapshot = snap.id.to_string();
+    let escrow_snapshot = records::snapshot_id(&snap);
     log::info!(
         "escrow copy of token {} saved as snapshot {}",
         entry.token_id,

@@ -75,7 +75,7 @@ pub fn list(vault: &Vault, now: Timestamp) -> Result<Listing, TokenError> {
                 recipients: x.recipients.clone(),
                 via: x.via,
                 user_created: x.user_created,
-                snapshot: e.snapshot.id.to_string(),
+                snapshot: records::snapshot_id(&e.snapshot),
                 revoked: r.revocation(&x.token_id).map(|v| v.record.revoked),
             }
         })
@@ -88,7 +88,7 @@ pub fn list(vault: &Vault, now: Timestamp) -> Result<Listing, TokenError> {
             token_name: i.record.token_name.clone(),
             started: i.record.started,
             host: i.record.host.clone(),
-            snapshot: i.snapshot.id.to_string(),
+            snapshot: records::snapshot_id(&i.snapshot),
             message: records::describe_intent(i, now),
         })
         .collect();

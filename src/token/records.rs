@@ -23,7 +23,7 @@ impl<T> Recorded<T> {
     /// The snapshot id, shortened as restic shows it.
     #[must_use]
     pub fn short_id(&self) -> String {
-        self.snapshot.id.to_string()[..8].to_string()
+        snapshot_id(&self.snapshot)[..8].to_string()
     }
 }
 
@@ -212,6 +212,12 @@ pub fn save(
     vault.save_files(&meta, files)
 }
 
+/// A snapshot's full id (hex), as restic prints it in `--json` output.
+#[must_use]
+pub fn snapshot_id(s: &Snapshot) -> String {
+    s.id.to_hex().as_str().to_string()
+}
+
 /// This machine's name, recorded with every record.
 #[must_use]
 pub fn hostname() -> String {
@@ -224,4 +230,119 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{EscrowFacts, Via};
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn escrow(user: &str, token_id: &str, intent: &str) -> Recorded<EscrowEntry> {
+        Recorded {
+            snapshot: Snapshot::default(),
+            record: EscrowFacts {
+                user: user.into(),
+                token_id: token_id.into(),
+                token_name: "dcor-aid".into(),
+                created: at("2026-01-01T00:00:00Z"),
+                site_url: "https://x".into(),
+                hostname: "x".into(),
+                cert_sha256: "AA".into(),
+                cert_not_after: at("2027-01-01T00:00:00Z"),
+                file_sha256: "00".into(),
+                recipients: vec![],
+                intent: intent.into(),
+                via: Via::Api,
+                user_created: false,
+                issued_on: "h".into(),
+            }
+            .into(),
+        }
+    }
+
+    fn intent(user: &str) -> Recorded<Intent> {
+        Recorded {
+            snapshot: Snapshot::default(),
+            record: Intent::new(
+                user,
+                "dcor-aid",
+                "https://x",
+                Via::Api,
+                "h",
+                at("2026-01-01T00:00:00Z"),
+            ),
+        }
+    }
+
+    #[test]
+    fn intents_are_resolved_by_escrow_or_revocation() {
+        let (i1, i2, i3) = (intent("alice"), intent("bob"), intent("carol"));
+        let mut rev = Revocation::new("t9", "x", "h", at("2026-01-02T00:00:00Z"));
+        rev.intent = Some(i3.record.id.clone());
+        let r = Records {
+            escrows: vec![escrow("alice", "t1", &i1.record.id)],
+            intents: vec![i1, i2, i3],
+            revocations: vec![Recorded {
+                snapshot: Snapshot::default(),
+                record: rev,
+            }],
+            unreadable: vec![],
+        };
+        let open: Vec<&str> = r
+            .unresolved_intents()
+            .iter()
+            .map(|i| i.record.user.as_str())
+            .collect();
+        assert_eq!(open, ["bob"]);
+        let msg = describe_intent(r.unresolved_intents()[0], at("2026-01-01T00:05:00Z"));
+        assert!(msg.contains("token revoke bob"), "{msg}");
+        assert!(msg.contains("may still be running"), "{msg}");
+        let later = describe_intent(r.unresolved_intents()[0], at("2026-01-02T00:00:00Z"));
+        assert!(!later.contains("may still be running"), "{later}");
+    }
+
+    #[test]
+    fn select_by_id_prefix_or_user() {
+        let r = Records {
+            escrows: vec![
+                escrow("alice", "AbCdEf123", "i1"),
+                escrow("alice", "AbCdXX456", "i2"),
+                escrow("bob", "zz9", "i3"),
+            ],
+            intents: vec![intent("carol")],
+            ..Records::default()
+        };
+        assert!(matches!(r.select("zz9"), Ok(Selection::Token(e)) if e.record.user == "bob"));
+        assert!(
+            matches!(r.select("AbCdEf"), Ok(Selection::Token(e)) if e.record.token_id == "AbCdEf123")
+        );
+        // Prefixes need 6 characters; a shared one is ambiguous.
+        assert!(matches!(r.select("AbCd"), Err(TokenError::NoMatch { .. })));
+        let both = Records {
+            escrows: vec![
+                escrow("a", "AbCdEf123", "i1"),
+                escrow("b", "AbCdEf456", "i2"),
+            ],
+            ..Records::default()
+        };
+        assert!(matches!(
+            both.select("AbCdEf"),
+            Err(TokenError::Ambiguous { count: 2, .. })
+        ));
+        match r.select("alice").unwrap() {
+            Selection::User {
+                escrows, intents, ..
+            } => {
+                assert_eq!(escrows.len(), 2);
+                assert!(intents.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(r.select("carol"), Ok(Selection::User { .. })));
+        assert!(matches!(r.select("dave"), Err(TokenError::NoMatch { .. })));
+    }
 }

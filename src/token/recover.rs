@@ -89,7 +89,7 @@ pub fn recover(
         .map(PendingFile::new)
         .transpose()?;
 
-    let snapshot = chosen.snapshot.id.to_string();
+    let snapshot = super::records::snapshot_id(&chosen.snapshot);
     let sealed = {
         let reader = vault.reader()?;
         reader.read(

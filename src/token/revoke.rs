@@ -68,7 +68,7 @@ pub fn revoke(
             ledger::files::REVOCATION,
             Vec::new(),
         )
-        .map(|s| s.id.to_string())
+        .map(|s| records::snapshot_id(&s))
         .map_err(|e| TokenError::RevocationNotRecorded {
             user: user.unwrap_or("?").to_string(),
             token_id: id,
@@ -146,7 +146,7 @@ pub fn revoke(
                             intent.token_name,
                             i.short_id()
                         );
-                        out.intents_cleared.push(i.snapshot.id.to_string());
+                        out.intents_cleared.push(records::snapshot_id(&i.snapshot));
                         continue;
                     }
                     for t in found {
