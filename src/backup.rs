@@ -336,17 +336,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// The host name, for the manifest.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
 
 /// A storage file or directory found by the walk.
 struct StorageItem {
@@ -546,7 +535,7 @@ pub fn run(vault: &Vault, pg: &Pg, plan: &BackupPlan) -> Result<BackupOutcome, B
         ckan_vault_version: env!("CARGO_PKG_VERSION").to_string(),
         site: plan.site.clone(),
         site_url: plan.site_url.clone(),
-        host: hostname(),
+        host: crate::vault::hostname(),
         started,
         finished: started,
         streams: fixed_streams,

@@ -414,7 +414,7 @@ pub fn run(vault: &Vault, pg: &Pg, opts: &DrillOptions) -> Result<DrillReport, D
         snapshot: backup.snapshot.id.to_hex().to_string(),
         snapshot_time: backup.snapshot.time.timestamp().to_string(),
         site: backup.manifest.site.clone(),
-        host: crate::backup::hostname(),
+        host: crate::vault::hostname(),
         ckan_vault_version: env!("CARGO_PKG_VERSION").to_string(),
         started,
         finished: jiff::Timestamp::now(),

@@ -218,19 +218,8 @@ pub fn snapshot_id(s: &Snapshot) -> String {
     s.id.to_hex().as_str().to_string()
 }
 
-/// This machine's name, recorded with every record.
-#[must_use]
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
-    // on success (and we stop at the first NUL or the end either way).
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".to_string();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
+/// This machine's name, recorded with every record (defined once, in the vault leaf).
+pub use crate::vault::hostname;
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ use rustic_core::{
 use secrecy::{ExposeSecret, SecretString};
 
 pub use rustic_core::repofile::SnapshotFile as Snapshot;
+pub use lock::hostname;
 pub use source::{BoxRead, Entries, EntryMeta, Opener};
 
 /// The tag every snapshot ckan-vault writes carries.
