@@ -177,15 +177,16 @@ fn is_local(repository: &str) -> bool {
         .any(|p| repository.starts_with(p))
 }
 
-/// Chunking for new vaults: 128 KiB average content-defined chunks instead of restic's
-/// 1 MiB. A dump changes in many small scattered places from day to day (an UPDATE moves a
-/// row), and each changed place costs one to two chunks of new data; smaller chunks cut the
-/// daily growth. restic reads such vaults unchanged (chunk and pack sizes only matter when
-/// writing).
+/// Chunking for new vaults: 64 KiB average content-defined chunks instead of restic's 1 MiB.
+/// A dump changes in many small scattered places from day to day (an UPDATE moves a row to
+/// the end of its table), and each changed place costs one to two chunks of new data. Measured
+/// on the test site after 1 % churn, day 2 added 4.4–6.7 % of day 1 at 64 KiB, 5.9–11.3 % at
+/// 128 KiB and about 10 % at 256 KiB. The price is a larger index (about 40 bytes per chunk).
+/// restic reads such vaults unchanged (chunk and pack sizes only matter when writing).
 fn chunking() -> ConfigOptions {
     let mut c = ConfigOptions::default();
-    c.set_chunk_size = Some(bytesize::ByteSize::kib(128));
-    c.set_chunk_min_size = Some(bytesize::ByteSize::kib(32));
+    c.set_chunk_size = Some(bytesize::ByteSize::kib(64));
+    c.set_chunk_min_size = Some(bytesize::ByteSize::kib(16));
     c.set_chunk_max_size = Some(bytesize::ByteSize::mib(2));
     // restic's 16 MiB packs rather than rustic's 32 MiB (fewer bytes in flight per pack).
     c.set_datapack_size = Some(bytesize::ByteSize::mib(16));
