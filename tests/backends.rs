@@ -138,8 +138,13 @@ fn exercise(site: &Site, what: &str) {
     );
 }
 
+/// The two servers run one at a time: each picks a free port and binds it a moment later,
+/// and with both starting at once one of them could be given the other's port.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn rest_server_vault_and_append_only_mode() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(80);
     let bin = tool(
         "CKAN_VAULT_RUSTIC_SERVER",
@@ -241,6 +246,7 @@ fn rest_server_vault_and_append_only_mode() {
 
 #[test]
 fn s3_vault_on_a_local_s3_server() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let site = Site::new(80);
     let bin = tool("CKAN_VAULT_MOTO_SERVER", "moto-venv/bin/moto_server");
     let port = free_port();

@@ -14,8 +14,8 @@ pub fn run(g: &Global, _args: Args) -> Result<ExitCode> {
     let cfg = loaded.config.vault()?;
     ckan_vault::vault::Vault::init(&cfg)?;
     g.print(
-        &serde_json::json!({"ok": true, "repository": cfg.repository}),
-        &format!("created vault {}\n", cfg.repository),
+        &serde_json::json!({"ok": true, "repository": cfg.shown()}),
+        &format!("created vault {}\n", cfg.shown()),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -273,7 +273,7 @@ pub fn pre_backup(config: &Config, s: &Settings) -> Result<HookOutcome, HookErro
         Ok((v, n)) => {
             check(
                 "vault",
-                Ok(format!("{} opens ({n} snapshots)", vcfg.repository)),
+                Ok(format!("{} opens ({n} snapshots)", vcfg.shown())),
             );
             Some(v)
         }

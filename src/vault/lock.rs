@@ -300,7 +300,7 @@ impl LockStore {
     fn new(cfg: &VaultConfig) -> Result<Self, VaultError> {
         let repo = cfg.repository.as_str();
         let fail = |m: String| VaultError::Backend {
-            repo: crate::pg::conninfo::redact_url(repo),
+            repo: super::redact_repository(repo),
             message: m,
         };
         if let Some(rest) = repo.strip_prefix("rest:") {
@@ -468,7 +468,7 @@ struct VaultLock {
 impl VaultLock {
     fn err(&self, message: String) -> VaultError {
         VaultError::Backend {
-            repo: crate::pg::conninfo::redact_url(&self.repo),
+            repo: super::redact_repository(&self.repo),
             message,
         }
     }
@@ -614,7 +614,7 @@ impl RunLock {
             since: jiff::Timestamp::now(),
             command: req.command.clone(),
             exclusive: req.exclusive,
-            vault: cfg.repository.clone(),
+            vault: cfg.shown(),
             vault_lock: None,
         };
         // 1. The lock file.
@@ -696,7 +696,7 @@ impl RunLock {
         let vl = VaultLock {
             store: LockStore::new(cfg)?,
             crypt: Crypt::new(&key),
-            repo: cfg.repository.clone(),
+            repo: cfg.shown(),
         };
         let id = vl.write(req.exclusive, &req.owner)?;
         let state = Arc::new(Mutex::new(VaultLockState {

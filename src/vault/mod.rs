@@ -21,8 +21,8 @@ use rustic_core::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-pub use rustic_core::repofile::SnapshotFile as Snapshot;
 pub use lock::hostname;
+pub use rustic_core::repofile::SnapshotFile as Snapshot;
 pub use source::{BoxRead, Entries, EntryMeta, Opener};
 
 /// The tag every snapshot ckan-vault writes carries.
@@ -79,10 +79,37 @@ pub struct VaultConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+impl VaultConfig {
+    /// The repository for messages and logs: a password in a `rest:` URL is replaced by `***`.
+    pub fn shown(&self) -> String {
+        redact_repository(&self.repository)
+    }
+}
+
+/// `rest:http://user:secret@host/` → `rest:http://user:***@host/`.
+pub fn redact_repository(repository: &str) -> String {
+    let Some(scheme_end) = repository.find("://") else {
+        return repository.to_string();
+    };
+    let rest = &repository[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!(
+                "{}{user}:***@{host}{}",
+                &repository[..scheme_end + 3],
+                &rest[authority_end..]
+            )
+        }
+        _ => repository.to_string(),
+    }
+}
+
 impl std::fmt::Debug for VaultConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VaultConfig")
-            .field("repository", &self.repository)
+            .field("repository", &self.shown())
             .field("options", &self.options.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -205,7 +232,7 @@ pub struct Vault {
 
 impl Vault {
     fn repository(cfg: &VaultConfig, pb: impl ProgressBars) -> Result<Repository<()>, VaultError> {
-        let name = cfg.repository.clone();
+        let name = cfg.shown();
         let mut be = BackendOptions::default().repository(cfg.repository.clone());
         be.options = cfg.options.clone();
         let backends = be.to_backends().map_err(|e| rustic_error(&name, e))?;
@@ -223,7 +250,7 @@ impl Vault {
         if is_local(&cfg.repository) {
             let dir = Path::new(&cfg.repository);
             let io = |e: std::io::Error| VaultError::Backend {
-                repo: cfg.repository.clone(),
+                repo: cfg.shown(),
                 message: format!("cannot create the directory: {e}"),
             };
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -233,21 +260,21 @@ impl Vault {
         let repo = Self::repository(cfg, NoProgressBars)?;
         if repo
             .config_id()
-            .map_err(|e| rustic_error(&cfg.repository, e))?
+            .map_err(|e| rustic_error(&cfg.shown(), e))?
             .is_some()
         {
-            return Err(VaultError::AlreadyExists(cfg.repository.clone()));
+            return Err(VaultError::AlreadyExists(cfg.shown()));
         }
         let creds = Credentials::password(cfg.password.expose_secret());
         let repo = repo
             .init(&creds, &KeyOptions::default(), &chunking())
-            .map_err(|e| rustic_error(&cfg.repository, e))?;
+            .map_err(|e| rustic_error(&cfg.shown(), e))?;
         Ok(Self::from_repo(cfg, repo))
     }
 
     fn from_repo(cfg: &VaultConfig, repo: Repository<OpenStatus>) -> Self {
         Self {
-            name: cfg.repository.clone(),
+            name: cfg.shown(),
             repo: Mutex::new(Some(repo)),
         }
     }
@@ -286,15 +313,15 @@ impl Vault {
         let repo = Self::repository(cfg, pb)?;
         if repo
             .config_id()
-            .map_err(|e| rustic_error(&cfg.repository, e))?
+            .map_err(|e| rustic_error(&cfg.shown(), e))?
             .is_none()
         {
-            return Err(VaultError::NotFound(cfg.repository.clone()));
+            return Err(VaultError::NotFound(cfg.shown()));
         }
         let creds = Credentials::password(cfg.password.expose_secret());
         let repo = repo
             .open(&creds)
-            .map_err(|e| rustic_error(&cfg.repository, e))?;
+            .map_err(|e| rustic_error(&cfg.shown(), e))?;
         Ok(Self::from_repo(cfg, repo))
     }
 
@@ -565,5 +592,20 @@ impl Write for LimitedVec {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_repository;
+
+    #[test]
+    fn repository_passwords_are_hidden() {
+        assert_eq!(
+            redact_repository("rest:http://ckan:s3cret@127.0.0.1:8000/ckan"),
+            "rest:http://ckan:***@127.0.0.1:8000/ckan"
+        );
+        assert_eq!(redact_repository("/var/backups/v"), "/var/backups/v");
+        assert_eq!(redact_repository("rest:http://h:1/x"), "rest:http://h:1/x");
     }
 }

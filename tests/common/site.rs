@@ -57,6 +57,11 @@ impl Site {
         let vault = dir.path().join("vault");
         let password_file = dir.path().join("vault.pass");
         std::fs::write(&password_file, "correct horse battery staple\n").unwrap();
+        std::fs::set_permissions(
+            &password_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let config = dir.path().join("ckan-vault.toml");
         std::fs::write(
             &config,
