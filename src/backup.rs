@@ -336,7 +336,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-
 /// A storage file or directory found by the walk.
 struct StorageItem {
     rel: PathBuf,

@@ -22,8 +22,8 @@ pub mod secret;
 pub mod vault;
 
 pub mod backup;
-pub mod stdin_dump;
 pub mod restore;
+pub mod stdin_dump;
 pub mod token;
 
 pub mod demo;

@@ -15,8 +15,16 @@ fn probe() {
     let t = Instant::now();
     let b = site.json(&["backup"]);
     eprintln!("backup2 in {:?}: {b}", t.elapsed());
-    let out = std::process::Command::new("du").arg("-sh").arg(&site.vault).output().unwrap();
+    let out = std::process::Command::new("du")
+        .arg("-sh")
+        .arg(&site.vault)
+        .output()
+        .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-    let out = std::process::Command::new("ls").arg("-laR").arg(&site.vault).output().unwrap();
+    let out = std::process::Command::new("ls")
+        .arg("-laR")
+        .arg(&site.vault)
+        .output()
+        .unwrap();
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
