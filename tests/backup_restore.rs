@@ -295,3 +295,27 @@ fn debian_restic_reads_the_vault() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// `dump … | head`: the reader closing the pipe early is not reported as a vault error; the
+/// exit code is a shell's SIGPIPE code (141), so `set -o pipefail` still notices.
+#[test]
+fn dump_into_a_closed_pipe_is_quiet() {
+    use std::io::Read;
+    let site = Site::new(300);
+    site.ok(&["backup"]);
+    let mut child = std::process::Command::new(common::site::bin())
+        .args(["dump", "latest", "db/ckan.pgdump"])
+        .env("CKAN_VAULT_CONFIG", &site.config)
+        .env_remove("CKAN_VAULT_PASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 5];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap(); // then closed
+    assert_eq!(&head, b"PGDMP");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}

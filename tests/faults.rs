@@ -844,3 +844,60 @@ fn wrong_password_missing_vault_and_newer_format_are_one_line_usage_errors() {
     }
     assert_vault_clean(&site, &site.vault, &[], "usage errors");
 }
+
+// ---------------------------------------------------------------------------------------
+// concurrent runs
+
+/// Two backups started together, and a `forget --prune` started while a backup runs: the
+/// lock lets the first through and refuses the other with one line naming the holder and
+/// what to do; nothing is half-written, the vault stays clean, and the next run succeeds.
+#[test]
+fn concurrent_runs_are_serialised_by_the_lock() {
+    let site = new_site(200);
+    site.ok(&["backup"]);
+    let earlier = backup_ids(&site);
+    let lock = ckan_vault::vault::lock::state_file(
+        &ckan_vault::vault::lock::state_dir(),
+        site.vault.to_str().unwrap(),
+        "lock",
+    );
+    // A pg_dump that takes its time keeps the first run inside its lock.
+    let bindir = fake_bindir(&site, r#"sleep 3; exec REAL "$@""#);
+    let env = [
+        ("CKAN_VAULT_DATABASE_BIN_DIR", bindir.to_str().unwrap()),
+        ("CKAN_VAULT_RETENTION_KEEP_LAST", "1"),
+    ];
+    for second in [&["backup"][..], &["forget", "--prune"][..]] {
+        let first = spawn_cli(&site, &["backup"], &env);
+        let t = Instant::now();
+        while !lock.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no lock file appeared"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = site.cli_env(second, &env);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{second:?}: {err}");
+        assert!(err.contains("another run holds the lock"), "{err}");
+        assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+        assert_eq!(err.matches("ckan-vault: error:").count(), 1, "{err}");
+        let first = first.wait_with_output().unwrap();
+        assert!(first.status.success(), "{}", stderr(&first));
+        assert!(!lock.exists(), "the lock outlived its run");
+    }
+    // Both first runs made their backup; the refused forget removed nothing.
+    let now = backup_ids(&site);
+    assert_eq!(now.len(), 3, "{now:?}");
+    assert!(now.contains(&earlier[0]));
+    assert_vault_clean(&site, &site.vault, &[], "refused concurrent runs");
+    // With the lock free, the forget runs.
+    let out = site.cli_env(
+        &["forget", "--prune", "--json"],
+        &[("CKAN_VAULT_RETENTION_KEEP_LAST", "1")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["removed"], 2, "{done}");
+}
