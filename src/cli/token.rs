@@ -160,8 +160,11 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             };
             let issued = match issue::issue(&site, &req, Timestamp::now()) {
                 Ok(i) => i,
-                Err(e @ TokenError::EscrowFailedTokenLive { .. }) => {
-                    // Exit 3: a token exists at CKAN without escrow; act now.
+                Err(
+                    e @ (TokenError::EscrowFailedTokenLive { .. }
+                    | TokenError::TokenMayExist { .. }),
+                ) => {
+                    // Exit 3: a token exists (or may exist) at CKAN without escrow; act now.
                     return Ok(fail_with(g, &e, 3));
                 }
                 Err(e) => return Err(e.into()),

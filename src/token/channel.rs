@@ -90,7 +90,7 @@ impl Channel<'_> {
                 }
                 let email_arg = format!("email={email}");
                 cli.run(
-                    &["user", "add", user, &email_arg],
+                    &["user", "add", "--", user, &email_arg],
                     Some(input.as_bytes()),
                     Some(password),
                 )?;
@@ -104,7 +104,11 @@ impl Channel<'_> {
         match self {
             Channel::Api(c) => Ok(c.api_token_create(user, name)?),
             Channel::Cli(cli) => {
-                let out = cli.run(&["user", "token", "add", "-q", user, name], None, None)?;
+                let out = cli.run(
+                    &["user", "token", "add", "-q", "--", user, name],
+                    None,
+                    None,
+                )?;
                 let text = std::str::from_utf8(&out).map_err(|_| TokenError::CkanCli {
                     command: cli.shown(&["user", "token", "add"]),
                     detail: "it printed something that is not text".into(),
@@ -130,7 +134,8 @@ impl Channel<'_> {
         match self {
             Channel::Api(c) => Ok(c.api_token_revoke_jti(token_id)?),
             Channel::Cli(cli) => {
-                match cli.run(&["user", "token", "revoke", token_id], None, None) {
+                // `--`: a token id may start with `-` (base64url).
+                match cli.run(&["user", "token", "revoke", "--", token_id], None, None) {
                     Ok(_) => Ok(()),
                     // CKAN's command fails for an id it does not know: already gone.
                     Err(TokenError::CkanCli { detail, .. })
@@ -157,7 +162,7 @@ impl Channel<'_> {
                 })
                 .collect()),
             Channel::Cli(cli) => {
-                let out = cli.run(&["user", "token", "list", user], None, None)?;
+                let out = cli.run(&["user", "token", "list", "--", user], None, None)?;
                 Ok(parse_token_list(&String::from_utf8_lossy(&out)))
             }
         }
@@ -207,7 +212,9 @@ impl CkanCli {
         stdin: Option<&[u8]>,
         secret: Option<&SecretString>,
     ) -> Result<Zeroizing<Vec<u8>>, TokenError> {
-        let shown = self.shown(&args[..args.len().min(3)]);
+        // Messages name the subcommand (`user token add`), never its operands.
+        let words: Vec<&str> = args.iter().copied().filter(|a| *a != "--").collect();
+        let shown = self.shown(&words[..words.len().min(3)]);
         let fail = |detail: String| TokenError::CkanCli {
             command: shown.clone(),
             detail,
@@ -273,13 +280,45 @@ impl CkanCli {
         if let Some(s) = secret {
             detail = detail.replace(s.expose_secret(), "[REDACTED]");
         }
-        Err(fail(detail))
+        Err(fail(redact_jwts(&detail)))
     }
+}
+
+/// Cuts anything shaped like a JWT (`eyJ…` with two dots) out of a message: the `ckan`
+/// command prints the new token as its last line, which may be all it printed before failing.
+pub(crate) fn redact_jwts(s: &str) -> String {
+    let is_part = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=');
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("eyJ") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let end = from.find(|c: char| !is_part(c)).unwrap_or(from.len());
+        let word = &from[..end];
+        if word.trim_end_matches('.').matches('.').count() >= 2 {
+            out.push_str("[REDACTED]");
+        } else {
+            out.push_str(word);
+        }
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jwts_are_cut_out_of_messages() {
+        let msg = "`ckan user token add` failed (exit status: 1: eyJhbGciOi.eyJqdGkiOiJ4In0.c2ln-_x: boom)";
+        assert_eq!(
+            redact_jwts(msg),
+            "`ckan user token add` failed (exit status: 1: [REDACTED]: boom)"
+        );
+        assert_eq!(redact_jwts("eyJ alone. eyJx.y"), "eyJ alone. eyJx.y");
+    }
 
     #[test]
     fn parses_the_cli_token_list() {

@@ -91,6 +91,23 @@ pub enum TokenError {
         revoke_error: String,
     },
     #[error(
+        "creating the token of {user} at CKAN failed ({reason}); {detail}, so no token was left at CKAN and no file was written: fix the cause and run `token issue` again"
+    )]
+    CreationFailedNoneLeft {
+        user: String,
+        reason: String,
+        detail: String,
+    },
+    #[error(
+        "creating the token of {user} at CKAN failed ({reason}) and CKAN may have made it anyway; {detail}: a token named {token_name:?} may exist without escrow and the intent stays in the vault: once CKAN works, run `ckan-vault token revoke {user}`"
+    )]
+    TokenMayExist {
+        user: String,
+        token_name: String,
+        reason: String,
+        detail: String,
+    },
+    #[error(
         "token {token_id} of {user} was revoked at CKAN, but recording the revocation in the vault failed ({reason}): run `ckan-vault token revoke {token_id}` again so that restores re-apply it"
     )]
     RevocationNotRecorded {
@@ -146,6 +163,8 @@ impl Categorized for TokenError {
             | TokenError::CkanCli { .. }
             | TokenError::EscrowFailed { .. }
             | TokenError::EscrowFailedTokenLive { .. }
+            | TokenError::CreationFailedNoneLeft { .. }
+            | TokenError::TokenMayExist { .. }
             | TokenError::RevocationNotRecorded { .. }
             | TokenError::WrittenOnlyToEscrow { .. }
             | TokenError::BundleMismatch { .. } => Category::Failure,

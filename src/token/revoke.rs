@@ -9,18 +9,17 @@
 
 use std::collections::BTreeSet;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::ckan::api;
 use crate::ledger::{self, Revocation};
 use crate::vault::{Kind, Vault};
 
 use super::TokenError;
 use super::channel::Channel;
+use super::issue::unescrowed_for_intent;
 use super::records::{self, Records, Selection};
-
-/// Clock skew allowed between the host that wrote an intent and CKAN's host.
-const CLOCK_SLACK: SignedDuration = SignedDuration::from_mins(10);
 
 /// One token revoked by this run.
 #[derive(Debug, Clone, Serialize)]
@@ -125,20 +124,22 @@ pub fn revoke(
                 });
             }
             if !intents.is_empty() {
-                let listed = channel.list_tokens(&user)?;
+                let listed = match channel.list_tokens(&user) {
+                    Ok(l) => l,
+                    // A user CKAN does not know has no tokens: `token issue --create-user`
+                    // was stopped before CKAN created the user.
+                    Err(TokenError::Ckan(api::Error::NotFound { .. })) => Vec::new(),
+                    Err(TokenError::CkanCli { detail, .. })
+                        if detail.contains("User not found") =>
+                    {
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut taken: BTreeSet<String> = BTreeSet::new();
                 for i in intents {
                     let intent = &i.record;
-                    let found: Vec<_> = listed
-                        .iter()
-                        .filter(|t| {
-                            t.name == intent.token_name
-                                && records.escrow_of(&t.id).is_none()
-                                && !records.is_revoked(&t.id)
-                                && !taken.contains(&t.id)
-                                && t.created.is_none_or(|c| c >= intent.started - CLOCK_SLACK)
-                        })
-                        .collect();
+                    let found = unescrowed_for_intent(&records, intent, &listed, &taken);
                     if found.is_empty() {
                         vault.delete(std::slice::from_ref(&i.snapshot))?;
                         log::info!(
