@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ckan_vault::ckan::ini::CkanIni;
-use ckan_vault::vault::{Kind, SnapshotMeta, Vault, VaultConfig};
+use ckan_vault::vault::{Kind, SnapshotMeta};
 use common::pg::unique;
 use common::site::{Site, bin};
 
@@ -96,16 +96,6 @@ fn write(site: &Site, name: &str, bytes: &[u8]) -> PathBuf {
     let p = site.path().join(name);
     std::fs::write(&p, bytes).unwrap();
     p
-}
-
-fn open_vault(site: &Site) -> Vault {
-    Vault::open(&VaultConfig {
-        repository: site.vault.display().to_string(),
-        options: Default::default(),
-        password: "correct horse battery staple".into(),
-        cache_dir: None,
-    })
-    .unwrap()
 }
 
 /// Runs `f` in a thread and fails if it takes longer than `limit` (a hang).
@@ -697,7 +687,7 @@ fn flags_snapshots_and_paths_that_do_not_exist() {
 fn damaged_manifests_and_checksum_lists_in_a_snapshot() {
     let site = new_site(10);
     site.ok(&["backup"]);
-    let vault = open_vault(&site);
+    let vault = site.open_vault();
     let reader = vault.reader().unwrap();
     let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
     let manifest = reader.read(&snap, "manifest.json", 1 << 20).unwrap();

@@ -5,18 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use ckan_vault::vault::{Kind, Snapshot, SnapshotMeta, Vault, VaultConfig};
+use ckan_vault::vault::{Kind, Snapshot, SnapshotMeta, Vault};
 use common::site::{Site, stderr};
-
-fn open(site: &Site) -> Vault {
-    Vault::open(&VaultConfig {
-        repository: site.vault.display().to_string(),
-        options: Default::default(),
-        password: "correct horse battery staple".into(),
-        cache_dir: None,
-    })
-    .unwrap()
-}
 
 /// Every file of the latest backup, in memory.
 fn files_of_latest(vault: &Vault) -> (Snapshot, Vec<(String, Vec<u8>)>) {
@@ -52,7 +42,7 @@ fn save_doctored(vault: &Vault, label: &str, files: Vec<(String, Vec<u8>)>) -> S
 
 /// A new backup snapshot whose main dump has `from` replaced by `to` and a stale manifest.
 fn doctor_main_dump(site: &Site, from: &[u8], to: &[u8]) -> String {
-    let vault = open(site);
+    let vault = site.open_vault();
     let (snap, mut files) = files_of_latest(&vault);
     let dump = files
         .iter_mut()
@@ -201,7 +191,7 @@ fn a_dump_that_restores_with_errors_fails() {
 fn a_missing_storage_file_fails() {
     let site = Site::new(20);
     site.ok(&["backup"]);
-    let vault = open(&site);
+    let vault = site.open_vault();
     let (snap, mut files) = files_of_latest(&vault);
     let gone = files
         .iter()

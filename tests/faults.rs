@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ckan_vault::vault::{Kind, SnapshotMeta, Vault, VaultConfig};
+use ckan_vault::vault::{Kind, SnapshotMeta};
 use common::pg::unique;
 use common::site::{Site, bin, stderr};
 
@@ -177,16 +177,6 @@ fn random_file(path: &Path, bytes: usize) {
         .unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, buf).unwrap();
-}
-
-fn open_vault(site: &Site) -> Vault {
-    Vault::open(&VaultConfig {
-        repository: site.vault.display().to_string(),
-        options: Default::default(),
-        password: "correct horse battery staple".into(),
-        cache_dir: None,
-    })
-    .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -522,7 +512,7 @@ fn set_append_only(site: &Site, on: bool) {
         .unwrap();
     let repo = Repository::new(&RepositoryOptions::default().no_cache(true), &backends).unwrap();
     let mut repo = repo
-        .open(&Credentials::password("correct horse battery staple"))
+        .open(&Credentials::password(common::site::VAULT_PASSWORD))
         .unwrap();
     let mut opts = ConfigOptions::default();
     opts.set_append_only = Some(on);
@@ -817,7 +807,7 @@ fn wrong_password_missing_vault_and_newer_format_are_one_line_usage_errors() {
         );
     }
     // A backup written by a newer ckan-vault (manifest format 99).
-    let vault = open_vault(&site);
+    let vault = site.open_vault();
     let reader = vault.reader().unwrap();
     let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
     let manifest = reader.read(&snap, "manifest.json", 1 << 20).unwrap();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::pg::unique;
 use common::site::{Site, bin, stderr};
+use common::tokens::{TokenEnv, TokenSite};
 
 /// What the watcher saw.
 #[derive(Debug, Default)]
@@ -42,6 +43,26 @@ fn read_proc(pid: &str, what: &str) -> Option<Vec<u8>> {
     std::fs::read(format!("/proc/{pid}/{what}")).ok()
 }
 
+/// Every process on the machine but `me`, as pid, `comm`, `cmdline` and `environ`.
+fn processes(me: &str) -> Vec<(String, String, Vec<u8>, Vec<u8>)> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+            continue;
+        }
+        let Some(cmdline) = read_proc(&pid, "cmdline") else {
+            continue;
+        };
+        let environ = read_proc(&pid, "environ").unwrap_or_default();
+        let comm = String::from_utf8_lossy(&read_proc(&pid, "comm").unwrap_or_default())
+            .trim()
+            .to_string();
+        v.push((pid, comm, cmdline, environ));
+    }
+    v
+}
+
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -57,18 +78,7 @@ fn watch(secrets: Vec<String>, db_password: String, tmp: PathBuf) -> Watcher {
         let ckan_vault = bin().as_bytes().to_vec();
         while !flag.load(Ordering::Relaxed) {
             seen.polls += 1;
-            for e in std::fs::read_dir("/proc").unwrap().flatten() {
-                let pid = e.file_name().to_string_lossy().into_owned();
-                if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-                    continue;
-                }
-                let Some(cmdline) = read_proc(&pid, "cmdline") else {
-                    continue;
-                };
-                let environ = read_proc(&pid, "environ").unwrap_or_default();
-                let comm = String::from_utf8_lossy(&read_proc(&pid, "comm").unwrap_or_default())
-                    .trim()
-                    .to_string();
+            for (pid, comm, cmdline, environ) in processes(&me) {
                 let is_ckan_vault = cmdline.starts_with(&ckan_vault);
                 for s in &secrets {
                     if contains(&cmdline, s) {
@@ -508,18 +518,7 @@ fn record_processes<T>(run: impl FnOnce() -> T) -> (T, BTreeSet<Process>) {
         let mut polls = 0;
         while !flag.load(Ordering::Relaxed) {
             polls += 1;
-            for e in std::fs::read_dir("/proc").unwrap().flatten() {
-                let pid = e.file_name().to_string_lossy().into_owned();
-                if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
-                    continue;
-                }
-                let Some(cmdline) = read_proc(&pid, "cmdline") else {
-                    continue;
-                };
-                let environ = read_proc(&pid, "environ").unwrap_or_default();
-                let comm = String::from_utf8_lossy(&read_proc(&pid, "comm").unwrap_or_default())
-                    .trim()
-                    .to_string();
+            for (_, comm, cmdline, environ) in processes(&me) {
                 seen.insert((comm, cmdline, environ));
             }
             std::thread::sleep(Duration::from_millis(2));
@@ -543,58 +542,10 @@ fn record_processes<T>(run: impl FnOnce() -> T) -> (T, BTreeSet<Process>) {
 fn token_issue_keeps_tokens_and_passwords_out_of_argv_environment_and_logs() {
     use secrecy::SecretString;
     let c = common::ckan::ckan();
-    let dir = tempfile::Builder::new()
-        .prefix("ckan-vault-secrets.")
-        .tempdir()
-        .unwrap();
-    let key = dir.path().join("officer.key");
-    let out = Command::new("age-keygen").arg("-o").arg(&key).output();
-    let out = out.expect("age-keygen is needed: apt-get install -y age");
-    assert!(out.status.success());
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&key)
-        .output()
-        .unwrap();
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let vault_password = format!("{}-9913", unique("VaultPw-Okapi"));
-    let pass = dir.path().join("vault.pass");
-    std::fs::write(&pass, format!("{vault_password}\n")).unwrap();
-    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = dir.path().join("ckan-vault.toml");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/token");
-    std::fs::write(
-        &config,
-        format!(
-            "[repository]\nrepository = {:?}\npassword-file = {:?}\n\n\
-             [ckan]\nini = {:?}\nurl = \"http://localhost:{}\"\napi-token-file = {:?}\n\
-             certificate = {:?}\nckan-command = [{:?}]\ntimeout = 120\n\n\
-             [escrow]\nrecipients = [{:?}]\n",
-            dir.path().join("vault"),
-            pass,
-            c.ini,
-            c.port,
-            c.admin_token_file,
-            fixtures.join("localhost.pem"),
-            c.venv.join("bin/ckan"),
-            recipient
-        ),
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .current_dir(dir.path())
-            .env("CKAN_VAULT_CONFIG", &config)
-            .env_remove("CKAN_VAULT_PASSWORD")
-            .env_remove("CKAN_VAULT_TOKEN_PASSWORD")
-            .env_remove("CKAN_INI")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
-    let out = run(&["init"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let env = TokenEnv::with_password(&TokenSite::http(), &vault_password);
+    let run = |args: &[&str]| env.run(args);
+    let dir = &env.dir;
     let admin_token = c.admin_token();
 
     for via in ["api", "cli"] {

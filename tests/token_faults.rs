@@ -18,141 +18,35 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ckan;
+use common::tokens::{TokenEnv, TokenSite, ckan_token_ids, text, unique, user_exists};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------
 // helpers
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// A token env whose `[ckan] url` is `url` (a proxy in front of the fixture, or nothing).
+fn env(url: &str, timeout_secs: u64) -> TokenEnv {
+    env_with_command(url, timeout_secs, None)
 }
 
-/// CKAN never purges users: every test uses fresh names.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+/// `ckan_command`: the `ckan` for `--via cli` (default: the fixture's).
+fn env_with_command(url: &str, timeout_secs: u64, ckan_command: Option<&Path>) -> TokenEnv {
+    TokenEnv::new(&TokenSite {
+        url: url.to_string(),
+        ckan_command: ckan_command.map(Path::to_path_buf),
+        timeout_secs,
+        ..TokenSite::http()
+    })
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A vault, an escrow recipient and a ckan-vault config whose `[ckan] url` is `url`.
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    vault: PathBuf,
-    password_file: PathBuf,
-}
-
-impl Env {
-    fn new(url: &str, timeout_secs: u64) -> Env {
-        Env::with_command(url, timeout_secs, None)
-    }
-
-    /// `ckan_command`: the `ckan` for `--via cli` (default: the fixture's).
-    fn with_command(url: &str, timeout_secs: u64, ckan_command: Option<&Path>) -> Env {
-        let c = ckan::ckan();
-        let dir = tempfile::Builder::new()
-            .prefix("ckan-vault-token-faults.")
-            .tempdir()
-            .unwrap();
-        let key = dir.path().join("officer.key");
-        let out = Command::new("age-keygen")
-            .arg("-o")
-            .arg(&key)
-            .output()
-            .expect("age-keygen is needed: apt-get install -y age");
-        assert!(out.status.success(), "{}", text(&out));
-        let out = Command::new("age-keygen")
-            .arg("-y")
-            .arg(&key)
-            .output()
-            .unwrap();
-        let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let vault = dir.path().join("vault");
-        let password_file = dir.path().join("vault.pass");
-        std::fs::write(&password_file, "vault password for tests\n").unwrap();
-        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = dir.path().join("ckan-vault.toml");
-        let command = ckan_command.map_or_else(|| c.venv.join("bin/ckan"), Path::to_path_buf);
-        std::fs::write(
-            &config,
-            format!(
-                "[repository]\nrepository = {:?}\npassword-file = {:?}\n\n\
-                 [ckan]\nini = {:?}\nurl = {:?}\napi-token-file = {:?}\ncertificate = {:?}\n\
-                 ckan-command = [{:?}]\ntimeout = {timeout_secs}\n\n\
-                 [escrow]\nrecipients = [{:?}]\n",
-                vault,
-                password_file,
-                c.ini,
-                url,
-                c.admin_token_file,
-                root().join("tests/fixtures/token/localhost.pem"),
-                command,
-                recipient,
-            ),
-        )
-        .unwrap();
-        let env = Env {
-            dir,
-            config,
-            vault,
-            password_file,
-        };
-        env.ok(&["init"]);
-        env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ckan-vault"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("CKAN_VAULT_CONFIG", &self.config)
-            .env_remove("CKAN_VAULT_PASSWORD")
-            .env_remove("CKAN_VAULT_TOKEN_PASSWORD")
-            .env_remove("CKAN_INI")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run ckan-vault")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "ckan-vault {args:?}: {}", text(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        assert_eq!(v["ok"], true, "{v}");
-        v
-    }
-
+/// What these tests ask of a token env beyond the shared helpers.
+impl TokenEnv {
     /// `token issue USER --create-user`, quiet, with the password going to a file.
     fn issue_args(user: &str) -> Vec<String> {
         [
@@ -171,7 +65,7 @@ impl Env {
     }
 
     fn spawn_issue(&self, user: &str) -> Child {
-        let args = Env::issue_args(user);
+        let args = TokenEnv::issue_args(user);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.cmd(&args)
             .stdout(Stdio::null())
@@ -181,7 +75,7 @@ impl Env {
     }
 
     fn issue(&self, user: &str) -> Output {
-        let args = Env::issue_args(user);
+        let args = TokenEnv::issue_args(user);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run(&args)
     }
@@ -215,15 +109,7 @@ impl Env {
     fn assert_consistent(&self) {
         let v = self.json(&["check", "--read-data"]);
         assert_eq!(v["ok"], true, "{v}");
-        let out = Command::new("restic")
-            .arg("-r")
-            .arg(&self.vault)
-            .arg("--password-file")
-            .arg(&self.password_file)
-            .args(["--no-cache", "check", "--read-data"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("restic is needed: apt-get install -y restic");
+        let out = self.restic(&["check", "--read-data"]);
         assert!(out.status.success(), "restic check: {}", text(&out));
     }
 
@@ -244,33 +130,6 @@ impl Env {
         let leftovers = self.leftovers();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
-}
-
-/// Tokens CKAN lists for a user (none for a user it does not know), asked directly with
-/// the fixture's admin token.
-fn ckan_token_ids(user: &str) -> Vec<String> {
-    let c = ckan::ckan();
-    let r = c.get(
-        &format!("api_token_list?user_id={user}"),
-        Some(&c.admin_token()),
-    );
-    if r.status == 404 && r.body.contains("User not found") {
-        return Vec::new();
-    }
-    assert!(r.success(), "{r:?}");
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn user_exists(user: &str) -> bool {
-    let c = ckan::ckan();
-    c.get(&format!("user_show?id={user}"), Some(&c.admin_token()))
-        .success()
 }
 
 /// The one line ckan-vault printed as its error (with `-q` nothing else goes to stderr).
@@ -478,7 +337,7 @@ fn ckan_down_fails_with_one_line_and_leaves_nothing() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let env = Env::new(&format!("http://localhost:{port}"), 3);
+    let env = env(&format!("http://localhost:{port}"), 3);
     let before = env.snapshot_count();
     let user = unique("down");
     let t0 = Instant::now();
@@ -504,7 +363,7 @@ fn ckan_down_fails_with_one_line_and_leaves_nothing() {
 #[test]
 fn ckan_answering_500_leaves_no_token_and_no_intent() {
     let proxy = Proxy::start(Rule::Fail500);
-    let env = Env::new(&proxy.url, 10);
+    let env = env(&proxy.url, 10);
     let before = env.snapshot_count();
 
     let user = unique("err500");
@@ -542,7 +401,7 @@ fn ckan_answering_500_leaves_no_token_and_no_intent() {
 fn slow_ckan_is_bounded_and_its_late_token_is_revoked() {
     let timeout = 3;
     let proxy = Proxy::start(Rule::Delay(Duration::from_secs(8)));
-    let env = Env::new(&proxy.url, timeout);
+    let env = env(&proxy.url, timeout);
     let before = env.snapshot_count();
     let user = unique("slow");
     let t0 = Instant::now();
@@ -578,7 +437,7 @@ fn slow_ckan_is_bounded_and_its_late_token_is_revoked() {
 #[test]
 fn sigkill_between_token_and_escrow_is_reported_and_resolved() {
     let proxy = Proxy::start(Rule::Hold);
-    let env = Env::new(&proxy.url, 60);
+    let env = env(&proxy.url, 60);
     let user = unique("killed");
     let mut child = env.spawn_issue(&user);
     let answered = proxy.wait_for("answered api_token_create", Duration::from_secs(60));
@@ -622,7 +481,7 @@ fn sigkill_between_token_and_escrow_is_reported_and_resolved() {
 #[test]
 fn sigkill_at_several_points_keeps_tokens_and_escrow_in_step() {
     let proxy = Proxy::start(Rule::Forward);
-    let env = Env::new(&proxy.url, 60);
+    let env = env(&proxy.url, 60);
     let mut killed = Vec::new();
     let mut results = Vec::new();
     // Wait for this event (none: right after spawning), then this many milliseconds.
@@ -718,7 +577,7 @@ fn sigkill_at_several_points_keeps_tokens_and_escrow_in_step() {
 #[test]
 fn sigkill_before_the_user_was_created_leaves_an_intent_that_revoke_clears() {
     let proxy = Proxy::start_for("user_create", Rule::Swallow);
-    let env = Env::new(&proxy.url, 60);
+    let env = env(&proxy.url, 60);
     let user = unique("nouser");
     let mut child = env.spawn_issue(&user);
     let asked = proxy.wait_for("request user_create", Duration::from_secs(60));
@@ -775,7 +634,7 @@ exit $rc
 #[test]
 fn cli_failing_after_ckan_made_the_token_revokes_only_that_token() {
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::with_command(
+    let env = env_with_command(
         &ckan::ckan().url.replace("127.0.0.1", "localhost"),
         60,
         Some(&failing_ckan(dir.path())),

@@ -8,203 +8,21 @@
 //!
 //! Needs python3, age, restic and the CKAN fixture's packages (see docs/development.md).
 
-#[path = "common/ckan.rs"]
-mod ckan;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use base64::Engine as _;
+use common::ckan;
+use common::tokens::{
+    TokenEnv, TokenSite, ckan_token_ids, fixture, root, text, unique, user_exists,
+};
 use serde_json::Value;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn fixture(name: &str) -> PathBuf {
-    root().join("tests/fixtures/token").join(name)
-}
-
-/// CKAN never purges users: every test uses fresh names.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-/// A vault, an escrow key pair (age-keygen) and a ckan-vault config for the fixture CKAN.
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    vault: PathBuf,
-    password_file: PathBuf,
-    /// The escrow officer's identity (private key).
-    key: PathBuf,
-}
-
-struct Site<'a> {
-    url: String,
-    certificate: PathBuf,
-    ckan_command: Option<PathBuf>,
-    extra: &'a str,
-}
-
-impl Site<'_> {
-    /// The fixture CKAN over plain http, as `localhost` (the CN of localhost.pem).
-    fn http() -> Site<'static> {
-        Site {
-            url: format!("http://localhost:{}", ckan::ckan().port),
-            certificate: fixture("localhost.pem"),
-            ckan_command: None,
-            extra: "",
-        }
-    }
-}
-
-impl Env {
-    fn new(site: &Site<'_>) -> Env {
-        let c = ckan::ckan();
-        let dir = tempfile::Builder::new()
-            .prefix("ckan-vault-tokens.")
-            .tempdir()
-            .unwrap();
-        let key = dir.path().join("officer.key");
-        let out = Command::new("age-keygen")
-            .arg("-o")
-            .arg(&key)
-            .output()
-            .expect("age-keygen is needed: apt-get install -y age");
-        assert!(out.status.success(), "{}", text(&out));
-        let out = Command::new("age-keygen")
-            .arg("-y")
-            .arg(&key)
-            .output()
-            .unwrap();
-        let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        let vault = dir.path().join("vault");
-        let password_file = dir.path().join("vault.pass");
-        std::fs::write(&password_file, "vault password for tests\n").unwrap();
-        std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = dir.path().join("ckan-vault.toml");
-        let command = site
-            .ckan_command
-            .clone()
-            .unwrap_or_else(|| c.venv.join("bin/ckan"));
-        std::fs::write(
-            &config,
-            format!(
-                "[repository]\nrepository = {:?}\npassword-file = {:?}\n\n\
-                 [ckan]\nini = {:?}\nurl = {:?}\napi-token-file = {:?}\ncertificate = {:?}\n\
-                 ckan-command = [{:?}]\ntimeout = 120\n\n\
-                 [escrow]\nrecipients = [{:?}]\n{}",
-                vault,
-                password_file,
-                c.ini,
-                site.url,
-                c.admin_token_file,
-                site.certificate,
-                command,
-                recipient,
-                site.extra
-            ),
-        )
-        .unwrap();
-        let env = Env {
-            dir,
-            config,
-            vault,
-            password_file,
-            key,
-        };
-        env.ok(&["init"]);
-        env
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ckan-vault"));
-        c.args(args)
-            .current_dir(self.dir.path())
-            .env("CKAN_VAULT_CONFIG", &self.config)
-            .env_remove("CKAN_VAULT_PASSWORD")
-            .env_remove("CKAN_VAULT_TOKEN_PASSWORD")
-            .env_remove("CKAN_INI")
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run ckan-vault")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.status.success(), "ckan-vault {args:?}: {}", text(&out));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = args.to_vec();
-        a.push("--json");
-        let out = self.ok(&a);
-        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-        assert_eq!(v["ok"], true, "{v}");
-        v
-    }
-
-    /// `restic` on this vault (Debian's restic reads what ckan-vault writes).
-    fn restic(&self, args: &[&str]) -> Output {
-        Command::new("restic")
-            .args(["-r"])
-            .arg(&self.vault)
-            .args(["--no-cache", "--no-lock"])
-            .args(args)
-            .env("RESTIC_PASSWORD_FILE", &self.password_file)
-            .output()
-            .expect("restic is needed: apt-get install -y restic")
-    }
-}
-
-/// Tokens CKAN lists for a user, asked with the fixture's admin token.
-fn ckan_token_ids(user: &str) -> Vec<String> {
-    let c = ckan::ckan();
-    let r = c.get(
-        &format!("api_token_list?user_id={user}"),
-        Some(&c.admin_token()),
-    );
-    assert!(r.success(), "{r:?}");
-    let v: Value = serde_json::from_str(&r.body).unwrap();
-    v["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn user_exists(user: &str) -> bool {
-    let c = ckan::ckan();
-    c.get(&format!("user_show?id={user}"), Some(&c.admin_token()))
-        .success()
 }
 
 /// Python's zipfile reads the token as dclab does (tests/interop/read_token.py).
@@ -249,7 +67,7 @@ fn age_decrypt(key: &Path, data: &[u8]) -> Vec<u8> {
 #[test]
 fn issue_inspect_verify_list_recover_revoke() {
     let c = ckan::ckan();
-    let env = Env::new(&Site::http());
+    let env = TokenEnv::new(&TokenSite::http());
     let user = unique("alice");
     let email = format!("{user}@example.org");
     let t0 = std::time::Instant::now();
@@ -491,11 +309,10 @@ impl Drop for TlsProxy {
 fn tls_is_pinned_to_the_bundled_self_signed_ca_certificate() {
     let proxy = TlsProxy::start("localhost-ca.pem");
     let url = format!("https://localhost:{}", proxy.port);
-    let env = Env::new(&Site {
+    let env = TokenEnv::new(&TokenSite {
         url: url.clone(),
         certificate: fixture("localhost-ca.pem"),
-        ckan_command: None,
-        extra: "",
+        ..TokenSite::http()
     });
     let user = unique("tls");
     // The admin's API calls go through the same pinned TLS (and check the served cert).
@@ -556,11 +373,10 @@ fn tls_is_pinned_to_the_bundled_self_signed_ca_certificate() {
     );
 
     // An issuing config whose certificate is not the served one stops before CKAN.
-    let wrong = Env::new(&Site {
+    let wrong = TokenEnv::new(&TokenSite {
         url: url.clone(),
         certificate: fixture("localhost.pem"),
-        ckan_command: None,
-        extra: "",
+        ..TokenSite::http()
     });
     let user2 = unique("tls2");
     let out = wrong.run(&[
@@ -625,9 +441,9 @@ fn mend_vault(vault: &Path) {
 #[test]
 fn escrow_failure_revokes_the_token_and_the_intent_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&Site {
+    let env = TokenEnv::new(&TokenSite {
         ckan_command: Some(dir.path().join("ckan-wrapper")),
-        ..Site::http()
+        ..TokenSite::http()
     });
     sabotaging_ckan(dir.path(), &env.vault);
     std::fs::write(dir.path().join("break-vault"), "").unwrap();
@@ -718,9 +534,9 @@ fn escrow_failure_revokes_the_token_and_the_intent_is_reported() {
 #[test]
 fn escrow_failure_with_a_failing_revoke_exits_3_and_revoke_finds_the_token() {
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::new(&Site {
+    let env = TokenEnv::new(&TokenSite {
         ckan_command: Some(dir.path().join("ckan-wrapper")),
-        ..Site::http()
+        ..TokenSite::http()
     });
     sabotaging_ckan(dir.path(), &env.vault);
     std::fs::write(dir.path().join("break-vault"), "").unwrap();
@@ -773,7 +589,7 @@ fn escrow_failure_with_a_failing_revoke_exits_3_and_revoke_finds_the_token() {
 
 #[test]
 fn nothing_is_created_when_issue_is_refused() {
-    let env = Env::new(&Site::http());
+    let env = TokenEnv::new(&TokenSite::http());
     let user = unique("erin");
     let email = format!("{user}@example.org");
     // The password would go to a pipe: refused before CKAN or the vault are touched.
@@ -785,9 +601,9 @@ fn nothing_is_created_when_issue_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--create-user"), "{}", text(&out));
     // A certificate for another host.
-    let other = Env::new(&Site {
+    let other = TokenEnv::new(&TokenSite {
         certificate: fixture("dcor.example.com.pem"),
-        ..Site::http()
+        ..TokenSite::http()
     });
     let out = other.run(&[
         "token",
@@ -841,9 +657,9 @@ fn sealed_config_and_revocations_survive_a_restore() {
         c.pg_port
     );
     let extra = format!("\n[database]\nadmin-url = {admin_url:?}\n");
-    let env = Env::new(&Site {
+    let env = TokenEnv::new(&TokenSite {
         extra: &extra,
-        ..Site::http()
+        ..TokenSite::http()
     });
     let user = unique("frank");
     let first = env.json(&[

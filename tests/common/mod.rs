@@ -4,3 +4,4 @@
 pub mod ckan;
 pub mod pg;
 pub mod site;
+pub mod tokens;

@@ -8,6 +8,9 @@ use ckan_vault::demo::SampleSite;
 
 use super::pg::{Cluster, cluster, unique};
 
+/// What every site's vault password file holds.
+pub const VAULT_PASSWORD: &str = "correct horse battery staple";
+
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub main_db: String,
@@ -56,7 +59,7 @@ impl Site {
         .unwrap();
         let vault = dir.path().join("vault");
         let password_file = dir.path().join("vault.pass");
-        std::fs::write(&password_file, "correct horse battery staple\n").unwrap();
+        std::fs::write(&password_file, format!("{VAULT_PASSWORD}\n")).unwrap();
         std::fs::set_permissions(
             &password_file,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -92,6 +95,18 @@ impl Site {
 
     pub fn cluster(&self) -> &'static Cluster {
         cluster()
+    }
+
+    /// The site's vault, opened through the library (to look inside or to plant snapshots
+    /// that ckan-vault itself would never write).
+    pub fn open_vault(&self) -> ckan_vault::vault::Vault {
+        ckan_vault::vault::Vault::open(&ckan_vault::vault::VaultConfig {
+            repository: self.vault.display().to_string(),
+            options: Default::default(),
+            password: VAULT_PASSWORD.into(),
+            cache_dir: None,
+        })
+        .unwrap()
     }
 
     /// Runs ckan-vault with this site's config.
