@@ -247,6 +247,21 @@ fn debian_restic_reads_the_vault() {
             .output()
             .expect("restic is not installed: apt-get install restic (or run `bash .ci/run`)")
     };
+    // One key file, written by ckan-vault with restic's memory budget (32 MiB for scrypt,
+    // not rustic_core's 128 MiB), which restic opens like its own.
+    let keys: Vec<_> = std::fs::read_dir(site.vault.join("keys"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(keys[0].path()).unwrap()).unwrap();
+    assert_eq!(
+        (&key["N"], &key["r"], &key["p"]),
+        (&32768.into(), &8.into(), &4.into())
+    );
+    let listed = restic(&["key", "list", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
     let snaps = restic(&["snapshots", "--json"]);
     assert!(snaps.status.success(), "{}", stderr(&snaps));
     let list: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();

@@ -25,12 +25,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
-use aes256ctr_poly1305aes::aead::Aead;
-use rustic_core::repofile::MasterKey;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::crypt::Crypt;
 use super::{Vault, VaultConfig, VaultError};
 use crate::error::{Categorized, Category};
 
@@ -233,44 +231,6 @@ impl ResticLock {
             return true;
         }
         self.hostname == hostname() && !pid_alive(self.pid)
-    }
-}
-
-/// Encrypts and decrypts restic-format repository files with the vault's key.
-struct Crypt(Aes256CtrPoly1305Aes);
-
-impl Crypt {
-    fn new(key: &MasterKey) -> Self {
-        let mut k = [0u8; 64];
-        k[..32].copy_from_slice(&key.encrypt);
-        k[32..48].copy_from_slice(&key.mac.k);
-        k[48..].copy_from_slice(&key.mac.r);
-        Self(Aes256CtrPoly1305Aes::new(&k.into()))
-    }
-
-    fn encrypt(&self, plain: &[u8]) -> Vec<u8> {
-        let mut nonce = [0u8; 16];
-        getrandom::fill(&mut nonce).expect("the OS random source works");
-        let ct = self
-            .0
-            .encrypt(&nonce.into(), plain)
-            .expect("AES-CTR encryption cannot fail");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        out
-    }
-
-    fn decrypt(&self, data: &[u8]) -> Option<Vec<u8>> {
-        if data.len() < 32 {
-            return None;
-        }
-        let nonce: [u8; 16] = data[..16].try_into().ok()?;
-        let plain = self.0.decrypt(&nonce.into(), &data[16..]).ok()?;
-        // Repository format 2 may compress (first byte 2, then zstd); locks are small JSON.
-        match plain.first() {
-            Some(b'{') => Some(plain),
-            _ => None,
-        }
     }
 }
 
@@ -896,17 +856,6 @@ mod tests {
         };
         assert!(!l.stale(now));
         assert!(l.stale(now + jiff::SignedDuration::from_secs(31 * 60)));
-    }
-
-    #[test]
-    fn crypt_round_trip_and_tamper() {
-        let c = Crypt::new(&MasterKey::new());
-        let ct = c.encrypt(b"{\"a\":1}");
-        assert_eq!(c.decrypt(&ct).unwrap(), b"{\"a\":1}");
-        let mut bad = ct.clone();
-        bad[20] ^= 1;
-        assert!(c.decrypt(&bad).is_none());
-        assert!(Crypt::new(&MasterKey::new()).decrypt(&ct).is_none());
     }
 
     #[test]

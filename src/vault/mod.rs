@@ -4,6 +4,8 @@
 //! `ckan-vault` plus one kind tag (`backup`, `drill`, `escrow`, `revocation`, …). Debian's
 //! `restic` can list and dump all of them.
 
+mod crypt;
+pub mod keyfile;
 pub mod lock;
 pub mod maintenance;
 pub mod source;
@@ -14,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use rustic_backend::BackendOptions;
-use rustic_core::repofile::{Node, SnapshotFile};
+use rustic_core::repofile::{MasterKey, Node, SnapshotFile};
 use rustic_core::{
-    BackupOptions, ConfigOptions, Credentials, IndexedFullStatus, KeyOptions, NoProgressBars,
-    OpenStatus, ProgressBars, Repository, RepositoryOptions, RusticError, SnapshotOptions,
+    BackupOptions, ConfigOptions, Credentials, FileType, Id, IndexedFullStatus, KeyOptions,
+    NoProgressBars, OpenStatus, ProgressBars, Repository, RepositoryOptions, RusticError,
+    SnapshotOptions,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -231,11 +234,15 @@ pub struct Vault {
 }
 
 impl Vault {
-    fn repository(cfg: &VaultConfig, pb: impl ProgressBars) -> Result<Repository<()>, VaultError> {
-        let name = cfg.shown();
+    fn backends(cfg: &VaultConfig) -> Result<rustic_core::RepositoryBackends, VaultError> {
         let mut be = BackendOptions::default().repository(cfg.repository.clone());
         be.options = cfg.options.clone();
-        let backends = be.to_backends().map_err(|e| rustic_error(&name, e))?;
+        be.to_backends().map_err(|e| rustic_error(&cfg.shown(), e))
+    }
+
+    fn repository(cfg: &VaultConfig, pb: impl ProgressBars) -> Result<Repository<()>, VaultError> {
+        let name = cfg.shown();
+        let backends = Self::backends(cfg)?;
         let mut opts = RepositoryOptions::default();
         match &cfg.cache_dir {
             Some(dir) => opts = opts.cache_dir(dir.clone()),
@@ -265,10 +272,32 @@ impl Vault {
         {
             return Err(VaultError::AlreadyExists(cfg.shown()));
         }
-        let creds = Credentials::password(cfg.password.expose_secret());
+        // The key file first, as restic does: a vault with a config but no key could never
+        // be opened. Key files left by an init that died before its config are removed.
+        let err = |e| rustic_error(&cfg.shown(), e);
+        let be = Self::backends(cfg)?.repository();
+        be.create().map_err(err)?;
+        for (stale, _) in be.list_with_size(FileType::Key).map_err(err)? {
+            log::warn!("removing key file {stale} of an earlier init that did not finish");
+            be.remove(FileType::Key, &stale, false).map_err(err)?;
+        }
+        let masterkey = MasterKey::new();
+        let (id, json) = keyfile::new_key_file(
+            &masterkey,
+            cfg.password.expose_secret(),
+            hostname(),
+            std::env::var("USER").ok(),
+        );
+        let id: Id = id.parse().map_err(err)?;
+        be.write_bytes(FileType::Key, &id, false, json.into())
+            .map_err(err)?;
         let repo = repo
-            .init(&creds, &KeyOptions::default(), &chunking())
-            .map_err(|e| rustic_error(&cfg.shown(), e))?;
+            .init(
+                &Credentials::Masterkey(masterkey),
+                &KeyOptions::default(),
+                &chunking(),
+            )
+            .map_err(err)?;
         Ok(Self::from_repo(cfg, repo))
     }
 
