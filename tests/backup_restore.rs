@@ -334,3 +334,43 @@ fn dump_into_a_closed_pipe_is_quiet() {
     assert_eq!(out.status.code(), Some(141), "{err}");
     assert!(!err.contains("error"), "{err}");
 }
+
+/// An init that died after writing its key file but before the config left a key behind:
+/// the next init removes it, so the vault has exactly the key that opens it.
+#[test]
+fn init_replaces_the_key_of_an_init_that_did_not_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault");
+    std::fs::create_dir_all(vault.join("keys")).unwrap();
+    let stale = vault.join("keys").join("ab".repeat(32));
+    std::fs::write(&stale, b"{\"kdf\":\"scrypt\"}").unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "pw\n").unwrap();
+    std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nrepository = {:?}\npassword-file = {:?}\n",
+            vault, pass
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(common::site::bin())
+            .args(args)
+            .env("CKAN_VAULT_CONFIG", &config)
+            .env_remove("CKAN_VAULT_PASSWORD")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stale.exists());
+    assert_eq!(std::fs::read_dir(vault.join("keys")).unwrap().count(), 1);
+    let out = run(&["snapshots"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A second init refuses: the vault exists.
+    let out = run(&["init"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
