@@ -102,6 +102,15 @@ pub enum BackupError {
         reason: String,
         details: Vec<String>,
     },
+    #[error(
+        "backup failed: {reason}; ALSO: could not delete the incomplete snapshot {snapshot} ({delete_error}); it has no manifest and is never used as a backup"
+    )]
+    FailedKept {
+        reason: String,
+        snapshot: String,
+        delete_error: String,
+        details: Vec<String>,
+    },
 }
 
 impl Categorized for BackupError {
@@ -112,7 +121,9 @@ impl Categorized for BackupError {
             BackupError::ReadFile { .. } | BackupError::Storage { .. } | BackupError::Seal(_) => {
                 Category::Usage
             }
-            BackupError::Failed { .. } | BackupError::Order(_) => Category::Failure,
+            BackupError::Failed { .. } | BackupError::FailedKept { .. } | BackupError::Order(_) => {
+                Category::Failure
+            }
         }
     }
 }
@@ -727,10 +738,13 @@ pub fn run(vault: &Vault, pg: &Pg, plan: &BackupPlan) -> Result<BackupOutcome, B
     }
     if !reasons.is_empty() {
         if let Err(e) = vault.delete(std::slice::from_ref(&snap)) {
-            reasons.push(format!(
-                "ALSO: could not delete incomplete snapshot {} ({e}); it has no manifest and is never used as a backup",
-                snap.id
-            ));
+            // The snapshot stays: say so instead of "no snapshot kept".
+            return Err(BackupError::FailedKept {
+                reason: reasons[0].clone(),
+                snapshot: snap.id.to_string(),
+                delete_error: e.to_string(),
+                details: reasons,
+            });
         }
         return Err(BackupError::Failed {
             reason: reasons[0].clone(),

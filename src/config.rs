@@ -52,6 +52,15 @@ pub enum ConfigError {
         key: String,
         source: crate::pg::conninfo::ConnInfoError,
     },
+    #[error(
+        "{key}: no database name in {url}; CKAN would connect to the database named like the user ({guess}), ckan-vault does not guess: write it into the URL, as in postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+    )]
+    NoDatabase {
+        key: String,
+        /// The URL with its password replaced by `***`.
+        url: String,
+        guess: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -456,6 +465,15 @@ impl Config {
                 key: key.to_string(),
                 source,
             })?;
+            // libpq would fall back to the user's name (or $PGDATABASE): a backup must
+            // name what it dumps.
+            if conn.dbname.is_none() {
+                return Err(ConfigError::NoDatabase {
+                    key: key.to_string(),
+                    url: crate::pg::conninfo::redact_url(url),
+                    guess: conn.user.clone().unwrap_or_else(|| "the OS user".into()),
+                });
+            }
             Ok(self.target(conn))
         };
         Ok(Site {

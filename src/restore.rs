@@ -30,6 +30,10 @@ pub enum RestoreError {
         "snapshot {0} has no readable manifest ({1}); it is not a complete backup, pick another with `ckan-vault snapshots`"
     )]
     NoManifest(String, String),
+    #[error(
+        "cannot read the manifest of snapshot {snapshot}: {detail}; the vault may be damaged: run `ckan-vault check --read-data`"
+    )]
+    ManifestUnreadable { snapshot: String, detail: String },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("no complete backup matches `{0}`; list them with `ckan-vault snapshots`")]
@@ -46,6 +50,10 @@ pub enum RestoreError {
         "{path} read from the vault does not match the manifest ({detail}); the vault may be damaged: run `ckan-vault check --read-data`"
     )]
     StreamMismatch { path: String, detail: String },
+    #[error(
+        "reading {path} from the vault failed: {detail}; the vault may be damaged: run `ckan-vault check --read-data`"
+    )]
+    VaultRead { path: String, detail: String },
     #[error("I/O error on {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error(
@@ -64,6 +72,7 @@ impl Categorized for RestoreError {
             RestoreError::Pg(e) => e.category(),
             RestoreError::Vault(e) => e.category(),
             RestoreError::NoBackup(_)
+            | RestoreError::Manifest(ManifestError::Newer(_))
             | RestoreError::NotEmpty(_)
             | RestoreError::StorageExists { .. }
             | RestoreError::ConfigSealed
@@ -86,16 +95,28 @@ pub struct Backup {
     pub manifest: Manifest,
 }
 
-/// Reads a snapshot's manifest.
+/// Reads a snapshot's manifest. A snapshot without one is [`RestoreError::NoManifest`]; one
+/// that cannot be read or parsed is an error of its own (a damaged or newer vault).
 pub fn read_manifest(reader: &VaultReader, snap: &Snapshot) -> Result<Manifest, RestoreError> {
-    let bytes = reader
-        .read(snap, manifest::MANIFEST_PATH, manifest::MAX_MANIFEST_BYTES)
-        .map_err(|e| RestoreError::NoManifest(snap.id.to_string(), e.to_string()))?;
+    let bytes = match reader.read(snap, manifest::MANIFEST_PATH, manifest::MAX_MANIFEST_BYTES) {
+        Ok(bytes) => bytes,
+        Err(e @ VaultError::NoFile { .. }) => {
+            return Err(RestoreError::NoManifest(snap.id.to_string(), e.to_string()));
+        }
+        Err(e) => {
+            return Err(RestoreError::ManifestUnreadable {
+                snapshot: snap.id.to_string(),
+                detail: e.to_string(),
+            });
+        }
+    };
     Ok(Manifest::parse(&bytes)?)
 }
 
-/// Finds a complete backup by `latest`, `latest~N` or id: snapshots without a readable
-/// manifest are skipped for `latest…` and refused by id.
+/// Finds a complete backup by `latest`, `latest~N` or id: snapshots without a manifest
+/// (incomplete backups) are skipped for `latest…` and refused by id. A manifest that is
+/// there but cannot be read or understood stops the search: restoring an older backup
+/// instead would hide a damaged vault or a newer format.
 pub fn find_backup(reader: &VaultReader<'_>, spec: &str) -> Result<Backup, RestoreError> {
     let all = reader.snapshots(Kind::Backup)?;
     if spec == "latest" || spec.starts_with("latest~") {
@@ -107,17 +128,26 @@ pub fn find_backup(reader: &VaultReader<'_>, spec: &str) -> Result<Backup, Resto
         };
         let mut seen = 0;
         for snap in all.iter().rev() {
-            match read_manifest(reader, snap) {
-                Ok(manifest) => {
-                    if seen == skip {
-                        return Ok(Backup {
-                            snapshot: snap.clone(),
-                            manifest,
-                        });
-                    }
+            if seen < skip {
+                // Only whether it is a backup matters here; a damaged one still counts.
+                if let Ok(None) = reader.node(snap, manifest::MANIFEST_PATH) {
+                    log::warn!("skipping snapshot {}: it has no manifest", snap.id);
+                } else {
                     seen += 1;
                 }
-                Err(e) => log::warn!("skipping snapshot {}: {e}", snap.id),
+                continue;
+            }
+            match read_manifest(reader, snap) {
+                Ok(manifest) => {
+                    return Ok(Backup {
+                        snapshot: snap.clone(),
+                        manifest,
+                    });
+                }
+                Err(e @ RestoreError::NoManifest(..)) => {
+                    log::warn!("skipping snapshot {}: {e}", snap.id);
+                }
+                Err(e) => return Err(e),
             }
         }
         return Err(RestoreError::NoBackup(spec.to_string()));
@@ -239,11 +269,16 @@ struct TeeWriter<W: Write> {
     sha: Sha256,
     size: u64,
     tap: ArchiveTap,
+    /// Whether writing to pg_restore failed (it exited early).
+    write_failed: bool,
 }
 
 impl<W: Write> Write for TeeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self
+            .inner
+            .write(buf)
+            .inspect_err(|_| self.write_failed = true)?;
         self.sha.update(&buf[..n]);
         self.size += n as u64;
         self.tap.feed(&buf[..n]);
@@ -300,6 +335,7 @@ pub fn restore_database(
         sha: Sha256::new(),
         size: 0,
         tap: ArchiveTap::new(),
+        write_failed: false,
     };
     let dumped = reader.dump(&backup.snapshot, &record.path, &mut tee);
     let flushed = tee.flush();
@@ -308,6 +344,7 @@ pub fn restore_database(
         sha,
         size,
         tap,
+        write_failed,
     } = tee;
     drop(inner);
     let status = child.wait().map_err(|source| RestoreError::Io {
@@ -315,6 +352,16 @@ pub fn restore_database(
         source,
     })?;
     let stderr = errs.join().unwrap_or_default();
+    if let Err(e) = &dumped
+        && !write_failed
+    {
+        // The vault could not deliver the whole dump; pg_restore's complaint about a stream
+        // that ended early would hide that.
+        return Err(RestoreError::VaultRead {
+            path: record.path.clone(),
+            detail: e.to_string(),
+        });
+    }
     if !status.success() {
         return Err(RestoreError::PgRestore {
             database: target.conn.to_string(),

@@ -148,6 +148,23 @@ pub fn create_private_file(path: &Path) -> Result<File, SecretError> {
     Ok(file)
 }
 
+/// Prefixes of environment variables that may hold ckan-vault's secrets: its own settings
+/// (`CKAN_VAULT_PASSWORD`, `CKAN_VAULT_CKAN_DATABASE_URL`, …), CKAN's (`CKAN_SQLALCHEMY_URL`,
+/// …) and the vault backends' credentials.
+const SECRET_ENV_PREFIXES: &[&str] = &["CKAN_", "RESTIC_", "RUSTIC_", "AWS_"];
+
+/// Keeps the variables that may hold ckan-vault's secrets out of a child's environment
+/// (PostgreSQL's programs and server need none of them; a scratch server even runs as
+/// another user, who could read its `/proc/PID/environ`).
+pub fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if SECRET_ENV_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
 /// A private (0700) temporary directory, removed when dropped.
 pub fn private_tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;

@@ -49,6 +49,25 @@ pub enum IniError {
         key: String,
         name: String,
     },
+    #[error("{path}: `{key}`: {what}; simplify its %(name)s references")]
+    Expansion {
+        path: PathBuf,
+        key: String,
+        what: String,
+    },
+}
+
+/// How deep `%(name)s` references may nest (Python's configparser has the same limit).
+const MAX_DEPTH: usize = 10;
+/// Substitutions and expanded bytes one file may need in all: references that repeat
+/// each other ("billion laughs") are refused instead of taking forever.
+const MAX_SUBSTITUTIONS: usize = 100_000;
+const MAX_EXPANDED_BYTES: usize = 16 << 20;
+
+/// What is left of the expansion budget while one file is interpolated.
+struct Budget {
+    substitutions: usize,
+    bytes: usize,
 }
 
 impl crate::error::Categorized for IniError {
@@ -121,8 +140,12 @@ impl CkanIni {
         raw.entry("__file__".into())
             .or_insert_with(|| path.display().to_string());
         let mut values = BTreeMap::new();
+        let mut budget = Budget {
+            substitutions: MAX_SUBSTITUTIONS,
+            bytes: MAX_EXPANDED_BYTES,
+        };
         for (k, v) in &raw {
-            values.insert(k.clone(), interpolate(path, k, v, &raw, 0)?);
+            values.insert(k.clone(), interpolate(path, k, v, &raw, 0, &mut budget)?);
         }
         Ok(Self {
             path: path.to_owned(),
@@ -263,9 +286,20 @@ fn interpolate(
     value: &str,
     vars: &BTreeMap<String, String>,
     depth: usize,
+    budget: &mut Budget,
 ) -> Result<String, IniError> {
-    if !value.contains('%') || depth > 10 {
+    if !value.contains('%') {
         return Ok(value.to_string());
+    }
+    let fail = |what: String| IniError::Expansion {
+        path: path.to_owned(),
+        key: key.to_string(),
+        what,
+    };
+    if depth > MAX_DEPTH {
+        return Err(fail(format!(
+            "%(name)s references nest deeper than {MAX_DEPTH} levels (a reference loop?)"
+        )));
     }
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
@@ -284,7 +318,19 @@ fn interpolate(
                 key: key.to_string(),
                 name: name.clone(),
             })?;
-            out.push_str(&interpolate(path, key, sub, vars, depth + 1)?);
+            budget.substitutions = budget.substitutions.checked_sub(1).ok_or_else(|| {
+                fail(format!(
+                    "more than {MAX_SUBSTITUTIONS} %(name)s substitutions in the file"
+                ))
+            })?;
+            let expanded = interpolate(path, key, sub, vars, depth + 1, budget)?;
+            budget.bytes = budget.bytes.checked_sub(expanded.len()).ok_or_else(|| {
+                fail(format!(
+                    "%(name)s references expand to more than {} MiB",
+                    MAX_EXPANDED_BYTES >> 20
+                ))
+            })?;
+            out.push_str(&expanded);
             rest = &r[end + 2..];
         } else {
             out.push('%');

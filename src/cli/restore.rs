@@ -46,8 +46,18 @@ pub struct Args {
 }
 
 /// A target with the configured binaries and run-as user; `--run-as` wins.
-fn target(config: &Config, url: &str, run_as: &Option<String>) -> Result<Target> {
-    let mut t = config.target(ConnInfo::parse(url).map_err(|e| UsageError(e.to_string()))?);
+fn target(config: &Config, flag: &str, url: &str, run_as: &Option<String>) -> Result<Target> {
+    let conn = ConnInfo::parse(url).map_err(|e| UsageError(format!("{flag}: {e}")))?;
+    // Without a name libpq would pick the user's database (often `postgres`): a restore
+    // must say where it goes.
+    if flag != "--globals-db" && conn.dbname.is_none() {
+        return Err(UsageError(format!(
+            "{flag}: no database name in {}; name the database to restore into, as in postgresql://USER@HOST/DBNAME",
+            ckan_vault::pg::conninfo::redact_url(url)
+        ))
+        .into());
+    }
+    let mut t = config.target(conn);
     if run_as.is_some() {
         t.run_as = run_as.clone();
     }
@@ -72,17 +82,17 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         main: args
             .db
             .as_deref()
-            .map(|u| target(config, u, &args.run_as))
+            .map(|u| target(config, "--db", u, &args.run_as))
             .transpose()?,
         datastore: args
             .datastore_db
             .as_deref()
-            .map(|u| target(config, u, &args.run_as))
+            .map(|u| target(config, "--datastore-db", u, &args.run_as))
             .transpose()?,
         globals: args
             .globals_db
             .as_deref()
-            .map(|u| target(config, u, &args.run_as))
+            .map(|u| target(config, "--globals-db", u, &args.run_as))
             .transpose()?,
         storage: args.storage.clone(),
         clean: args.clean,

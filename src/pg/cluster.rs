@@ -148,6 +148,7 @@ impl ScratchCluster {
             }
             None => Command::new(program),
         };
+        crate::secret::scrub_env(&mut cmd);
         cmd.stdin(Stdio::null());
         cmd
     }
@@ -194,7 +195,9 @@ impl Drop for ScratchCluster {
 }
 
 fn chown_to_postgres(path: &Path) -> Result<(), PgError> {
-    let status = Command::new("chown")
+    let mut chown = Command::new("chown");
+    crate::secret::scrub_env(&mut chown);
+    let status = chown
         .arg("postgres:")
         .arg(path)
         .stdin(Stdio::null())

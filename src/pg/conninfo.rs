@@ -245,13 +245,20 @@ fn decode(s: &str) -> Option<String> {
 /// A URL with its password (userinfo or `password=` parameter) replaced by `***`.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
-    if let Some((scheme, rest)) = url.split_once("://") {
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let authority = &rest[..authority_end];
-        if let Some((userinfo, host)) = authority.rsplit_once('@')
-            && let Some((user, _)) = userinfo.split_once(':')
-        {
-            out = format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..]);
+    // The last `@` ends the user info even when an unescaped `/`, `?` or `@` in the password
+    // is what makes the URL invalid: hiding too much is safe, showing a password is not.
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if let Some(at) = rest.rfind('@')
+                && let Some(colon) = rest[..at].find(':')
+            {
+                out = format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
+            }
+        }
+        None => {
+            if let Some(at) = url.rfind('@') {
+                out = format!("***{}", &url[at..]);
+            }
         }
     }
     if let Some(pos) = out.find("password=") {
@@ -308,6 +315,15 @@ mod tests {
             redact_url("postgresql://h/db?password=topsecret&x=1"),
             "postgresql://h/db?password=***&x=1"
         );
+        for bad in [
+            "postgresql://u:top/secret@h/db",
+            "postgresql://u:top?secret@h/db",
+            "postgresql://u:top@secret@h:notaport/db",
+            "u:topsecret@h/db",
+        ] {
+            let e = ConnInfo::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("secret"), "{e}");
+        }
     }
 
     #[test]

@@ -122,6 +122,7 @@ impl PgEnv {
             }
             _ => Command::new(program),
         };
+        crate::secret::scrub_env(&mut cmd);
         cmd.env("PGTZ", "UTC")
             .env("PGDATESTYLE", "ISO")
             .env("PSQLRC", "/dev/null")

@@ -433,6 +433,10 @@ impl Vault {
                 .ok_or_else(none);
         }
         let spec_l = spec.to_lowercase();
+        if spec_l.is_empty() {
+            // An empty prefix would match every snapshot.
+            return Err(none());
+        }
         let matches: Vec<&SnapshotFile> = candidates
             .iter()
             .filter(|s| s.id.to_hex().starts_with(&spec_l))
@@ -496,16 +500,27 @@ impl VaultReader<'_> {
         Ok(v)
     }
 
-    /// The node at `path` in `snap`, if there is one.
+    /// The node at `path` in `snap`, if there is one. A tree that cannot be read (a damaged
+    /// vault) is an error, not an absent file.
     pub fn node(&self, snap: &SnapshotFile, path: &str) -> Result<Option<Node>, VaultError> {
-        match self.repo().node_from_snapshot_and_path(snap, path) {
-            Ok(n) => Ok(Some(n)),
-            Err(e) => {
-                let msg = e.display_log();
-                log::debug!("looking up {path}: {msg}");
-                Ok(None)
-            }
+        let mut node = None;
+        let mut subtree = Some(snap.tree);
+        for name in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let Some(id) = subtree else {
+                return Ok(None);
+            };
+            let tree = self.repo().get_tree(&id).map_err(|e| self.err(e))?;
+            let Some(found) = tree
+                .nodes
+                .into_iter()
+                .find(|n| n.name() == std::ffi::OsStr::new(name))
+            else {
+                return Ok(None);
+            };
+            subtree = found.subtree;
+            node = Some(found);
         }
+        Ok(node)
     }
 
     /// Streams a file of a snapshot into `w`.
@@ -515,10 +530,13 @@ impl VaultReader<'_> {
         path: &str,
         w: &mut impl Write,
     ) -> Result<(), VaultError> {
-        let node = self.node(snap, path)?.ok_or_else(|| VaultError::NoFile {
-            snapshot: snap.id.to_hex().to_string(),
-            path: path.to_string(),
-        })?;
+        let node = self
+            .node(snap, path)?
+            .filter(Node::is_file)
+            .ok_or_else(|| VaultError::NoFile {
+                snapshot: snap.id.to_hex().to_string(),
+                path: path.to_string(),
+            })?;
         self.dump_node(&node, w)
     }
 
