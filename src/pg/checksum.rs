@@ -53,7 +53,7 @@ pub struct LineSummer {
 
 impl LineSummer {
     pub fn feed(&mut self, mut data: &[u8]) {
-        while let Some(pos) = memchr(b'\n', data) {
+        while let Some(pos) = memchr::memchr(b'\n', data) {
             if self.partial.is_empty() {
                 self.add_line(&data[..pos]);
             } else {
@@ -76,10 +76,6 @@ impl LineSummer {
             Err(self.partial.len())
         }
     }
-}
-
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|b| *b == needle)
 }
 
 mod hex_u128 {
