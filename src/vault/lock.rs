@@ -155,7 +155,8 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-fn username() -> String {
+/// The user a run acts as, for lock objects and key files (restic records it too).
+pub(crate) fn username() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| {

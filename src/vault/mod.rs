@@ -286,7 +286,7 @@ impl Vault {
             &masterkey,
             cfg.password.expose_secret(),
             hostname(),
-            std::env::var("USER").ok(),
+            Some(lock::username()),
         );
         let id: Id = id.parse().map_err(err)?;
         be.write_bytes(FileType::Key, &id, false, json.into())
