@@ -765,4 +765,21 @@ fn sealed_config_and_revocations_survive_a_restore() {
     ]);
     assert!(raw["revocations"].is_null(), "{raw}");
     assert_eq!(count(&db2, &t1), "1");
+
+    // A drill of that backup re-applies the revocation in its scratch copy and says so.
+    let drilled = env.json(&["drill", &snapshot]);
+    let check = drilled["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "ckan: revocations")
+        .unwrap_or_else(|| panic!("no revocation check: {drilled}"));
+    assert_eq!(check["ok"], true, "{check}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 recorded, 1 token(s) of this backup revoked again"),
+        "{check}"
+    );
 }
