@@ -88,6 +88,7 @@ impl ScratchCluster {
         let settings = format!(
             "-c listen_addresses='{listen}' -p {port} -k {} -c unix_socket_permissions=0700 \
              -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c wal_level=minimal -c max_wal_senders=0 -c maintenance_work_mem=256MB \
              -c max_wal_size=1GB -c checkpoint_timeout=30min",
             cluster.path.display()
         );
