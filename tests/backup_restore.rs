@@ -73,23 +73,6 @@ fn second_backup_after_one_percent_churn_adds_little() {
     assert_eq!(site.backups().len(), 2);
 }
 
-/// A directory with pg_dump replaced by a wrapper script and the other tools linked.
-fn fake_bindir(site: &Site, pg_dump_script: &str) -> std::path::PathBuf {
-    let real = ckan_vault::pg::BinDir::for_major(None);
-    let dir = site.path().join(format!("bin-{}", unique("b")));
-    std::fs::create_dir(&dir).unwrap();
-    for tool in ["psql", "pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(real.program(tool), dir.join(tool)).unwrap();
-    }
-    let script = pg_dump_script.replace("REAL", &real.program("pg_dump").display().to_string());
-    let p = dir.join("pg_dump");
-    let mut f = std::fs::File::create(&p).unwrap();
-    writeln!(f, "#!/bin/bash\n{script}").unwrap();
-    drop(f);
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 fn assert_backup_fails_without_snapshot(site: &Site, bindir: &std::path::Path, expect: &str) {
     let before = site.backups().len();
     let out = site.cli_env(
@@ -115,19 +98,16 @@ fn a_failing_dump_never_becomes_a_snapshot() {
     let site = Site::new(300);
     site.ok(&["backup"]);
     // Exits 1 half-way through the stream.
-    let half = fake_bindir(
-        &site,
-        "set -o pipefail; REAL \"$@\" | head -c 200000; exit 1",
-    );
+    let half = site.fake_bindir("set -o pipefail; REAL \"$@\" | head -c 200000; exit 1");
     assert_backup_fails_without_snapshot(&site, &half, "pg_dump exit status: 1");
     // Truncated, but claims success: the archive's own structure gives it away.
-    let lying = fake_bindir(&site, "REAL \"$@\" | head -c 300000; exit 0");
+    let lying = site.fake_bindir("REAL \"$@\" | head -c 300000; exit 0");
     assert_backup_fails_without_snapshot(&site, &lying, "ended early");
     // A complete-looking stream, then a non-zero exit.
-    let late = fake_bindir(&site, "REAL \"$@\"; exit 3");
+    let late = site.fake_bindir("REAL \"$@\"; exit 3");
     assert_backup_fails_without_snapshot(&site, &late, "exit status: 3");
     // Killed by a signal in the middle.
-    let killed = fake_bindir(&site, "REAL \"$@\" | head -c 100000; kill -9 $$");
+    let killed = site.fake_bindir("REAL \"$@\" | head -c 100000; kill -9 $$");
     assert_backup_fails_without_snapshot(&site, &killed, "pg_dump");
     // The database dropped under it: pg_dump cannot even start.
     let c = site.cluster();
@@ -137,9 +117,7 @@ fn a_failing_dump_never_becomes_a_snapshot() {
         &doomed,
         "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g",
     );
-    let drop_it = fake_bindir(
-        &site,
-        &format!(
+    let drop_it = site.fake_bindir(&format!(
             "psql -X -q -d \"host={} port={} user=postgres dbname=postgres\" -c 'DROP DATABASE {doomed} WITH (FORCE)' >/dev/null; REAL \"$@\"",
             c.dir.display(),
             c.port

@@ -80,25 +80,6 @@ fn assert_keeps(site: &Site, earlier: &[String]) {
     }
 }
 
-/// A directory with pg_dump replaced by a wrapper script and the other tools linked.
-fn fake_bindir(site: &Site, pg_dump_script: &str) -> PathBuf {
-    let real = ckan_vault::pg::BinDir::for_major(None);
-    let dir = site.path().join(format!("bin-{}", unique("b")));
-    std::fs::create_dir(&dir).unwrap();
-    for tool in ["psql", "pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(real.program(tool), dir.join(tool)).unwrap();
-    }
-    let script = pg_dump_script
-        .replace("REAL", &real.program("pg_dump").display().to_string())
-        .replace("PSQL", &real.program("psql").display().to_string());
-    let p = dir.join("pg_dump");
-    let mut f = std::fs::File::create(&p).unwrap();
-    writeln!(f, "#!/bin/bash\n{script}").unwrap();
-    drop(f);
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 /// Runs a backup that must fail with exit code `code`, naming `expect`, on one line, and
 /// leave no new snapshot of any kind.
 fn failing_backup(site: &Site, env: &[(&str, &str)], code: i32, expect: &str) -> String {
@@ -211,10 +192,8 @@ fn pg_dump_refused_at_start_by_the_server() {
     assert!(!line.contains(":pw@"), "{line}");
     // The preflight passes, then pg_dump itself is refused (its credentials changed between
     // the two, as when a password is rotated during the run): exit 1, nothing kept.
-    let swapped = fake_bindir(
-        &site,
-        r#"args=("${@//user=postgres/user=nosuchrole}"); exec REAL "${args[@]}""#,
-    );
+    let swapped =
+        site.fake_bindir(r#"args=("${@//user=postgres/user=nosuchrole}"); exec REAL "${args[@]}""#);
     failing_backup(
         &site,
         &[("CKAN_VAULT_DATABASE_BIN_DIR", swapped.to_str().unwrap())],
@@ -246,9 +225,7 @@ fn pg_dump_connection_terminated_or_database_dropped_mid_stream() {
     let big_url = c.url(&big);
     // pg_terminate_backend of pg_dump's own backend once 300 kB went through.
     let admin = psql_conninfo(&site, "postgres");
-    let terminate = fake_bindir(
-        &site,
-        &format!(
+    let terminate = site.fake_bindir(&format!(
             "set -o pipefail\n\
              [[ \"$*\" == *{big}* ]] || exec REAL \"$@\"\n\
              REAL \"$@\" | {{ dd bs=100000 count=3 iflag=fullblock status=none; \
@@ -268,15 +245,12 @@ fn pg_dump_connection_terminated_or_database_dropped_mid_stream() {
     assert!(line.contains("pg_dump"), "{line}");
     assert!(line.contains("terminat"), "{line}");
     // DROP DATABASE … WITH (FORCE) while pg_dump streams it.
-    let drop = fake_bindir(
-        &site,
-        &format!(
-            "set -o pipefail\n\
+    let drop = site.fake_bindir(&format!(
+        "set -o pipefail\n\
              [[ \"$*\" == *{big}* ]] || exec REAL \"$@\"\n\
              REAL \"$@\" | {{ dd bs=100000 count=3 iflag=fullblock status=none; \
              PSQL -X -q -d \"{admin}\" -c 'DROP DATABASE \"{big}\" WITH (FORCE)' >&2; cat; }}"
-        ),
-    );
+    ));
     let line = failing_backup(
         &site,
         &[
@@ -372,7 +346,7 @@ fn sigkill_at_several_points_of_a_backup_keeps_the_vault_consistent() {
     let first = site.json(&["backup"]);
     let good = first["snapshot"].as_str().unwrap().to_string();
     let secs = first["duration_seconds"].as_f64().unwrap();
-    let good_manifest = site.ok(&["dump", &good, "manifest.json"]);
+    let mut good_manifest = site.ok(&["dump", &good, "manifest.json"]);
     // With an earlier backup in place: each attempt brings 4 MB of new, incompressible
     // storage data so that it writes packs too.
     let mut completed = vec![good.clone()];
@@ -397,8 +371,10 @@ fn sigkill_at_several_points_of_a_backup_keeps_the_vault_consistent() {
             // The earlier backups are what `latest` means.
             assert_eq!(site.ok(&["dump", "latest", "manifest.json"]), good_manifest);
         } else {
-            // It finished (or was killed after saving its complete snapshot): a good backup.
+            // It finished (or was killed after saving its complete snapshot): a good backup,
+            // and from now on what `latest` means.
             completed = ids;
+            good_manifest = site.ok(&["dump", "latest", "manifest.json"]);
         }
         assert_keeps(&site, &completed);
         // pg_dump does not outlive its reader by long.
@@ -531,7 +507,7 @@ fn a_snapshot_left_without_manifest_is_never_taken_for_a_backup() {
     // then deleted. In an append-only vault the delete is refused, which leaves the same
     // vault as a crash between the two: a snapshot without a manifest.
     set_append_only(&site, true);
-    let late = fake_bindir(&site, "REAL \"$@\"; exit 3");
+    let late = site.fake_bindir("REAL \"$@\"; exit 3");
     let out = site.cli_env(
         &["backup"],
         &[("CKAN_VAULT_DATABASE_BIN_DIR", late.to_str().unwrap())],
@@ -852,7 +828,7 @@ fn concurrent_runs_are_serialised_by_the_lock() {
         "lock",
     );
     // A pg_dump that takes its time keeps the first run inside its lock.
-    let bindir = fake_bindir(&site, r#"sleep 3; exec REAL "$@""#);
+    let bindir = site.fake_bindir(r#"sleep 3; exec REAL "$@""#);
     let env = [
         ("CKAN_VAULT_DATABASE_BIN_DIR", bindir.to_str().unwrap()),
         ("CKAN_VAULT_RETENTION_KEEP_LAST", "1"),

@@ -46,27 +46,6 @@ fn lock_file(site: &Site) -> PathBuf {
     )
 }
 
-/// A directory with pg_dump replaced by a script (`REAL` is the real pg_dump).
-fn fake_bindir(site: &Site, script: &str) -> PathBuf {
-    let real = ckan_vault::pg::BinDir::for_major(None);
-    let dir = site.path().join(unique("bin"));
-    std::fs::create_dir(&dir).unwrap();
-    for tool in ["psql", "pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(real.program(tool), dir.join(tool)).unwrap();
-    }
-    let p = dir.join("pg_dump");
-    std::fs::write(
-        &p,
-        format!(
-            "#!/bin/bash\n{}\n",
-            script.replace("REAL", &real.program("pg_dump").display().to_string())
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir
-}
-
 fn restic(site: &Site, args: &[&str]) -> Output {
     Command::new("restic")
         .args(["-r", site.vault.to_str().unwrap(), "--no-cache"])
@@ -233,7 +212,7 @@ fn restic_runs_the_script_and_a_failing_dump_leaves_no_snapshot() {
         ),
         ("truncated, exit 0", "REAL \"$@\" | head -c 50000; exit 0"),
     ] {
-        let bad = fake_bindir(&site, script);
+        let bad = site.fake_bindir(script);
         let out = run(Some(&bad));
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
@@ -384,10 +363,7 @@ fn rustic_profile_hooks_run_with_rustics_environment() {
 
     // The database dump fails: stdin-dump stops "rustic" before it can save the truncated
     // stream, reports the failure itself, and the lock goes stale with rustic.
-    let bad = fake_bindir(
-        &site,
-        "set -o pipefail; REAL \"$@\" | head -c 30000; exit 1",
-    );
+    let bad = site.fake_bindir("set -o pipefail; REAL \"$@\" | head -c 30000; exit 1");
     requests.lock().unwrap().clear();
     let (out, log) = rustic_like(
         &site,
@@ -469,7 +445,7 @@ fn stdin_dump_writes_a_complete_dump_or_fails() {
         ("REAL \"$@\" | head -c 20000; exit 0", "ended early"),
         ("REAL \"$@\"; exit 3", "exit status: 3"),
     ] {
-        let bad = fake_bindir(&site, script);
+        let bad = site.fake_bindir(script);
         let o = site.cli_env(
             &["stdin-dump", "--json"],
             &[("CKAN_VAULT_DATABASE_BIN_DIR", bad.to_str().unwrap())],

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -375,7 +375,7 @@ fn no_secret_in_any_argv_environment_log_or_leftover_file() {
 
     // Error paths: a pg_dump that fails after its stream, a drill of nothing, a wrong
     // vault password. No secret in the messages, nothing left in TMPDIR.
-    let bindir = failing_bindir(s.site.path());
+    let bindir = s.site.fake_bindir(r#"REAL "$@"; exit 3"#);
     s.audited(
         &["backup", "-vv"],
         &[("CKAN_VAULT_DATABASE_BIN_DIR", bindir.to_str().unwrap())],
@@ -391,26 +391,6 @@ fn no_secret_in_any_argv_environment_log_or_leftover_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(!stderr(&out).contains(&wrong), "{}", stderr(&out));
     s.assert_tmp_empty(&["wrong password"]);
-}
-
-/// A pg_dump that streams everything, then exits 3.
-fn failing_bindir(dir: &Path) -> PathBuf {
-    let real = ckan_vault::pg::BinDir::for_major(None);
-    let bin = dir.join(unique("bin"));
-    std::fs::create_dir(&bin).unwrap();
-    for tool in ["psql", "pg_dumpall", "pg_restore"] {
-        std::os::unix::fs::symlink(real.program(tool), bin.join(tool)).unwrap();
-    }
-    std::fs::write(
-        bin.join("pg_dump"),
-        format!(
-            "#!/bin/bash\n{} \"$@\"; exit 3\n",
-            real.program("pg_dump").display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(bin.join("pg_dump"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
 }
 
 #[test]

@@ -97,6 +97,26 @@ impl Site {
         cluster()
     }
 
+    /// A directory of PostgreSQL programs where `pg_dump` is a bash script (`REAL` in it
+    /// stands for the real pg_dump, `PSQL` for psql) and the others are the real ones: a
+    /// way to make dumps fail on purpose. Use it as `[database] bin-dir`.
+    pub fn fake_bindir(&self, pg_dump_script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let real = ckan_vault::pg::BinDir::for_major(None);
+        let dir = self.path().join(unique("bin"));
+        std::fs::create_dir(&dir).unwrap();
+        for tool in ["psql", "pg_dumpall", "pg_restore"] {
+            std::os::unix::fs::symlink(real.program(tool), dir.join(tool)).unwrap();
+        }
+        let script = pg_dump_script
+            .replace("REAL", &real.program("pg_dump").display().to_string())
+            .replace("PSQL", &real.program("psql").display().to_string());
+        let p = dir.join("pg_dump");
+        std::fs::write(&p, format!("#!/bin/bash\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
     /// The site's vault, opened through the library (to look inside or to plant snapshots
     /// that ckan-vault itself would never write).
     pub fn open_vault(&self) -> ckan_vault::vault::Vault {
