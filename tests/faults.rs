@@ -308,11 +308,9 @@ fn kill_backup(site: &Site, at: KillAt, tmp: &Path) -> (bool, Duration) {
         if fire {
             child.kill().unwrap(); // SIGKILL
             let status = child.wait().unwrap();
-            assert_eq!(
-                std::os::unix::process::ExitStatusExt::signal(&status),
-                Some(9)
-            );
-            return (true, t0.elapsed());
+            // It may have ended on its own just before the signal.
+            let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(9);
+            return (killed, t0.elapsed());
         }
         std::thread::sleep(Duration::from_millis(2));
     }

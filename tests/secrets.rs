@@ -441,9 +441,17 @@ fn error_messages_never_echo_a_password() {
 #[test]
 fn sigkill_leaves_only_private_files_behind() {
     let s = SecretSite::new();
-    // Killed while pg_dump runs: Drop cannot run, so the PGPASSFILE directory stays. It is
-    // 0700 and the file 0600 (documented in docs/reliability.md).
-    let mut child = s.command(&["backup"], &[]).spawn().unwrap();
+    // Killed while pg_dump runs (a pg_dump that takes its time, so the kill surely lands
+    // then): Drop cannot run, so the PGPASSFILE directory stays. It is 0700 and the file
+    // 0600 (documented in docs/reliability.md).
+    let slow = s.site.fake_bindir(r#"sleep 5; exec REAL "$@""#);
+    let mut child = s
+        .command(
+            &["backup"],
+            &[("CKAN_VAULT_DATABASE_BIN_DIR", slow.to_str().unwrap())],
+        )
+        .spawn()
+        .unwrap();
     let t = Instant::now();
     let passfile = loop {
         let found = walkdir::WalkDir::new(&s.tmp)
@@ -463,7 +471,7 @@ fn sigkill_leaves_only_private_files_behind() {
         );
         std::thread::sleep(Duration::from_millis(1));
     };
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(1000));
     child.kill().unwrap();
     child.wait().unwrap();
     let f = std::fs::metadata(&passfile).unwrap();
