@@ -174,6 +174,24 @@ pub struct RestorePlan {
     /// After restoring the main database, delete the `api_token` rows of every token
     /// revocation recorded in the vault, so an older backup brings no revoked token back.
     pub reapply_revocations: bool,
+    /// Parallel sessions for each database's indexes and constraints; 0 means one per core.
+    /// With 1 (and with `clean`) one pg_restore restores everything in one transaction.
+    pub jobs: usize,
+}
+
+impl RestorePlan {
+    /// How many post-data sessions a restore uses; 1 means the single-transaction path.
+    fn post_data_jobs(&self) -> usize {
+        if self.clean {
+            // `--clean` must drop indexes and constraints before the tables they hang on,
+            // which pg_restore only does when it restores every section in one run.
+            return 1;
+        }
+        match self.jobs {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 /// Where `restore --config-out` writes the backup's ckan.ini.
@@ -315,7 +333,14 @@ pub fn restore_database(
         return Err(RestoreError::NotEmpty(target.conn.to_string()));
     }
     let clock = Instant::now();
+    // Tables and their data stream in one transaction, so a damaged or cut stream leaves
+    // nothing behind; indexes and constraints, the part that parallelises, come after it
+    // in `jobs` sessions, as `pg_restore --jobs` does from a file.
+    let jobs = plan.post_data_jobs();
     let mut extra: Vec<&str> = vec!["--single-transaction"];
+    if jobs > 1 {
+        extra.extend(["--section=pre-data", "--section=data"]);
+    }
     if plan.clean {
         extra.extend(["--clean", "--if-exists"]);
     }
@@ -334,7 +359,11 @@ pub fn restore_database(
         inner: io::BufWriter::with_capacity(1 << 20, stdin),
         sha: Sha256::new(),
         size: 0,
-        tap: ArchiveTap::new(),
+        tap: if jobs > 1 {
+            ArchiveTap::keeping_toc()
+        } else {
+            ArchiveTap::new()
+        },
         write_failed: false,
     };
     let dumped = reader.dump(&backup.snapshot, &record.path, &mut tee);
@@ -343,7 +372,7 @@ pub fn restore_database(
         inner,
         sha,
         size,
-        tap,
+        mut tap,
         write_failed,
     } = tee;
     drop(inner);
@@ -351,7 +380,7 @@ pub fn restore_database(
         path: "pg_restore".into(),
         source,
     })?;
-    let stderr = errs.join().unwrap_or_default();
+    let mut stderr = errs.join().unwrap_or_default();
     if let Err(e) = &dumped
         && !write_failed
     {
@@ -373,6 +402,21 @@ pub fn restore_database(
         path: record.path.clone(),
         source,
     })?;
+    if jobs > 1 {
+        let toc = tap.take_toc().ok_or_else(|| RestoreError::PgRestore {
+            database: target.conn.to_string(),
+            detail: format!("{} has no table of contents", record.path),
+        })?;
+        let more = pg
+            .restore_post_data(target, &toc, jobs)
+            .map_err(|e| RestoreError::PgRestore {
+                database: target.conn.to_string(),
+                detail: format!(
+                    "{e}; the tables and their rows are restored, their indexes and constraints are incomplete"
+                ),
+            })?;
+        stderr.extend(more);
+    }
     // What came out of the vault is compared with the manifest, table by table, so a damaged
     // or doctored dump names the tables it affects; the restored database is checked next.
     let mut mismatches = Vec::new();

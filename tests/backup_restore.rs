@@ -39,6 +39,15 @@ fn round_trip_restores_every_row_and_file() {
     // Independent of ckan-vault's checksums: compare the rows themselves.
     assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&main));
     assert_eq!(c.fingerprint(&site.datastore_db), c.fingerprint(&ds));
+    // Indexes and constraints, built after the data in parallel sessions, all came back.
+    let objects = c.schema_objects(&site.main_db);
+    assert!(
+        objects.iter().any(|o| o.contains("FOREIGN KEY"))
+            && objects.iter().any(|o| o.contains("PRIMARY KEY")),
+        "{objects:?}"
+    );
+    assert_eq!(objects, c.schema_objects(&main));
+    assert_eq!(c.schema_objects(&site.datastore_db), c.schema_objects(&ds));
     for entry in walkdir::WalkDir::new(&site.storage).into_iter().flatten() {
         if entry.file_type().is_file() {
             let rel = entry.path().strip_prefix(&site.storage).unwrap();
@@ -54,6 +63,22 @@ fn round_trip_restores_every_row_and_file() {
     let again = site.cli(&["restore", "latest", "--db", &c.url(&main)]);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
     assert!(stderr(&again).contains("--clean"), "{}", stderr(&again));
+    // With --clean it replaces what is there (one pg_restore, one transaction), rows changed
+    // since the backup included.
+    c.sql(
+        &main,
+        "DELETE FROM package_extra; UPDATE package SET title = 'changed'",
+    );
+    let clean = site.json(&["restore", "latest", "--db", &c.url(&main), "--clean"]);
+    assert_eq!(clean["ok"], true, "{clean}");
+    assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&main));
+    assert_eq!(objects, c.schema_objects(&main));
+    // One session, one transaction: the same database.
+    let single = unique("restored_single");
+    let one = site.json(&["restore", "latest", "--db", &c.url(&single), "--jobs", "1"]);
+    assert_eq!(one["ok"], true, "{one}");
+    assert_eq!(c.fingerprint(&site.main_db), c.fingerprint(&single));
+    assert_eq!(objects, c.schema_objects(&single));
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub struct Args {
     /// Do not re-apply the token revocations recorded in the vault to the restored database
     #[arg(long)]
     keep_revoked_tokens: bool,
+    /// Sessions that build indexes and constraints in parallel [default: one per core];
+    /// 1 restores each database in a single transaction
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
 }
 
 /// A target with the configured binaries and run-as user; `--run-as` wins.
@@ -102,6 +106,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             identity: args.identity.clone(),
         }),
         reapply_revocations: !args.keep_revoked_tokens,
+        jobs: args.jobs.map_or(0, usize::from),
     };
     let vault = super::open_vault_with_progress(g, &loaded)?;
     let pg = ckan_vault::pg::Pg::new()?;

@@ -90,6 +90,9 @@ pub struct ArchiveTap {
     entries: HashMap<i64, Entry>,
     seen: HashMap<i64, LineSummer>,
     blocks_done: Vec<i64>,
+    /// The header and table of contents as they streamed past, when asked to keep them.
+    toc: Option<Vec<u8>>,
+    keep_toc: bool,
 }
 
 impl Default for ArchiveTap {
@@ -109,7 +112,29 @@ impl ArchiveTap {
             entries: HashMap::new(),
             seen: HashMap::new(),
             blocks_done: Vec::new(),
+            toc: None,
+            keep_toc: false,
         }
+    }
+
+    /// A tap that also keeps the archive's header and table of contents (kilobytes to a few
+    /// megabytes: no table data). A restore hands them to `pg_restore --jobs` for the
+    /// post-data section, which needs a seekable archive but none of the data blocks.
+    pub fn keeping_toc() -> Self {
+        Self {
+            keep_toc: true,
+            ..Self::new()
+        }
+    }
+
+    /// The header and table of contents, once the stream got past them (see
+    /// [`ArchiveTap::keeping_toc`]).
+    pub fn take_toc(&mut self) -> Option<Vec<u8>> {
+        if matches!(self.state, State::Head) {
+            // A small archive may have ended before the buffer grew to the next parse.
+            self.try_head();
+        }
+        self.toc.take()
     }
 
     /// Feeds the next bytes of the stream. After an error, further input is ignored and the
@@ -235,6 +260,9 @@ impl ArchiveTap {
         match parse_head(&mut cur) {
             Ok((summary, entries, int_size)) => {
                 let rest = self.buf[cur.pos..].to_vec();
+                if self.keep_toc {
+                    self.toc = Some(self.buf[..cur.pos].to_vec());
+                }
                 self.summary = summary;
                 self.entries = entries;
                 self.int_size = int_size;
@@ -563,6 +591,29 @@ mod tests {
         let mut direct = super::super::checksum::LineSummer::default();
         direct.feed(b"2\tbob\n1\talice\n");
         assert_eq!(t.sum, direct.finish().unwrap());
+    }
+
+    #[test]
+    fn keeps_exactly_the_header_and_toc_when_asked() {
+        let bytes = sample(&[b"1\talice\n", b"2\tbob\n"], true);
+        // The first data block starts right after the TOC: its type byte and dump id 2.
+        let head_len = bytes.len() - (1 + 5) - (5 + 8) - (5 + 6) - 5;
+        assert_eq!(bytes[head_len], BLK_DATA);
+        for piece in [1, 3, 64, bytes.len()] {
+            let mut t = ArchiveTap::keeping_toc();
+            for c in bytes.chunks(piece) {
+                t.feed(c);
+            }
+            assert_eq!(
+                t.take_toc().as_deref(),
+                Some(&bytes[..head_len]),
+                "piece {piece}"
+            );
+            assert!(t.finish().is_ok());
+        }
+        let mut plain = ArchiveTap::new();
+        plain.feed(&bytes);
+        assert_eq!(plain.take_toc(), None);
     }
 
     #[test]

@@ -195,20 +195,80 @@ impl Pg {
         Ok(c)
     }
 
-    /// Starts `pg_restore` reading an archive from stdin into `t`.
-    pub fn spawn_restore(&self, t: &Target, extra: &[&str]) -> Result<Child, PgError> {
+    fn restore_command(&self, t: &Target, extra: &[&str]) -> Result<Command, PgError> {
         let mut c = self.command(t, "pg_restore")?;
         c.args(["--no-owner", "--no-password", "--exit-on-error"])
             .args(extra)
             .arg("-d")
             .arg(t.conn.to_conninfo())
-            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        Ok(c)
+    }
+
+    /// Starts `pg_restore` reading an archive from stdin into `t`.
+    pub fn spawn_restore(&self, t: &Target, extra: &[&str]) -> Result<Child, PgError> {
+        let mut c = self.restore_command(t, extra)?;
+        c.stdin(Stdio::piped());
         c.spawn().map_err(|source| PgError::Spawn {
             program: "pg_restore".into(),
             source,
         })
+    }
+
+    /// Restores the post-data section (indexes, constraints, triggers) of an archive whose
+    /// header and table of contents are `toc`, in `jobs` parallel sessions.
+    ///
+    /// `pg_restore --jobs` needs a seekable archive, and a stream from the vault is not one;
+    /// but post-data entries carry no data, so the TOC alone is a complete archive for them.
+    /// It lives in an anonymous memory file (memfd) that the child opens as
+    /// `/proc/self/fd/N`: nothing is written to disk. Returns pg_restore's stderr.
+    pub fn restore_post_data(
+        &self,
+        t: &Target,
+        toc: &[u8],
+        jobs: usize,
+    ) -> Result<Vec<u8>, PgError> {
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::process::CommandExt;
+
+        // SAFETY: the name is a NUL-terminated literal; the result is checked below.
+        let fd = unsafe { libc::memfd_create(c"ckan-vault-toc".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(PgError::Io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(toc).map_err(PgError::Io)?;
+        let raw = file.as_raw_fd();
+        let jobs = jobs.max(1).to_string();
+        let path = format!("/proc/self/fd/{raw}");
+        let mut c = self.restore_command(t, &["--section=post-data", "--jobs", &jobs])?;
+        c.arg(&path).stdin(Stdio::null());
+        // SAFETY: fcntl is async-signal-safe; it only clears close-on-exec on our memfd in
+        // the child, so that pg_restore (through runuser, too) inherits it.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = c.output().map_err(|source| PgError::Spawn {
+            program: "pg_restore".into(),
+            source,
+        })?;
+        drop(file);
+        if !out.status.success() {
+            return Err(PgError::Failed {
+                program: "pg_restore (post-data)".into(),
+                status: out.status.to_string(),
+                stderr: tools::last_lines(&out.stderr),
+            });
+        }
+        Ok(out.stderr)
     }
 
     /// Starts `psql` running an SQL script from stdin against `t` (for globals).

@@ -92,6 +92,20 @@ impl Cluster {
             .expect("create database");
     }
 
+    /// Every index, constraint and trigger definition of `db`'s own schemas, sorted: the
+    /// post-data section a restore must bring back.
+    #[allow(dead_code)]
+    pub fn schema_objects(&self, db: &str) -> Vec<String> {
+        let q = "SELECT 'index ' || indexdef FROM pg_indexes \
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+                 UNION ALL SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' \
+                 || pg_get_constraintdef(oid) FROM pg_constraint \
+                 WHERE connamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema') \
+                 UNION ALL SELECT 'trigger ' || pg_get_triggerdef(oid) FROM pg_trigger \
+                 WHERE NOT tgisinternal ORDER BY 1";
+        self.sql(db, q).lines().map(str::to_string).collect()
+    }
+
     /// Every table's rows as sorted text, for comparing two databases independently of
     /// ckan-vault's own checksums.
     pub fn fingerprint(&self, db: &str) -> Vec<(String, String)> {
