@@ -783,3 +783,105 @@ fn sealed_config_and_revocations_survive_a_restore() {
         "{check}"
     );
 }
+
+/// hooks/token/issue-token as an onboarding workflow runs it: one JSON line and its exit code.
+fn issue_token_hook(env: &TokenEnv, program: &Path, args: &[&str]) -> (Option<i32>, Value) {
+    let out = Command::new(root().join("hooks/token/issue-token"))
+        .args(args)
+        .env("CKAN_VAULT", program)
+        .env("CKAN_VAULT_CONFIG", &env.config)
+        .env("CKAN_VAULT_TOKEN_DIR", env.path("outbox/tokens"))
+        .env("CKAN_VAULT_PASSWORD_DIR", env.path("outbox/passwords"))
+        .env_remove("CKAN_VAULT_USER")
+        .env_remove("CKAN_VAULT_EMAIL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{}", text(&out));
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    (out.status.code(), v)
+}
+
+fn outbox(env: &TokenEnv) -> Vec<String> {
+    let mut names: Vec<String> = ["outbox/tokens", "outbox/passwords"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(env.path(d)).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn issue_token_hook_issues_escrows_and_maps_failures_to_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = TokenEnv::new(&TokenSite {
+        ckan_command: Some(dir.path().join("ckan-wrapper")),
+        ..TokenSite::http()
+    });
+    sabotaging_ckan(dir.path(), &env.vault);
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ckan-vault"));
+
+    // Issued: the file and its password in separate 0600 files, the token live at CKAN, its
+    // escrow copy the snapshot the JSON line names.
+    let user = unique("onboard");
+    let email = format!("{user}@example.org");
+    let (code, v) = issue_token_hook(&env, &bin, &[&user, &email]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["user"], user.as_str());
+    let live = ckan_token_ids(&user);
+    assert_eq!(live.len(), 1);
+    assert_eq!(v["token_id"], live[0].as_str(), "{v}");
+    let file = PathBuf::from(v["file"].as_str().unwrap());
+    let password_file = PathBuf::from(v["password_file"].as_str().unwrap());
+    assert_eq!(file, env.path(&format!("outbox/tokens/{user}.dcor-access")));
+    assert_eq!(
+        password_file,
+        env.path(&format!("outbox/passwords/{user}.password"))
+    );
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&password_file), 0o600);
+    let py = read_with_python(&file, &first_line(&password_file));
+    assert_eq!(py["hostname"], "localhost");
+    let snaps = env.restic(&["snapshots", "--json", "--tag", "escrow"]);
+    assert!(snaps.status.success(), "{}", text(&snaps));
+    let snaps: Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(snaps[0]["id"], v["escrow_snapshot"], "{v}");
+    let listed = env.json(&["token", "list"]);
+    assert_eq!(listed["tokens"][0]["token_id"], v["token_id"], "{listed}");
+    let delivered = outbox(&env);
+
+    // Refused by CKAN (that e-mail address is taken): exit 1, nothing delivered or escrowed.
+    let other = unique("onboard");
+    let (code, v) = issue_token_hook(&env, &bin, &[&other, &email]);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("CKAN refused"), "{v}");
+    assert!(!user_exists(&other));
+    assert_eq!(outbox(&env), delivered);
+
+    // The escrow copy fails after CKAN made the token (the vault breaks under the run): exit
+    // 3, the token revoked again, nothing delivered.
+    let via_cli = dir.path().join("ckan-vault-via-cli");
+    std::fs::write(
+        &via_cli,
+        format!("#!/bin/sh\nexec {} \"$@\" --via cli\n", bin.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&via_cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("break-vault"), "").unwrap();
+    let third = unique("onboard");
+    let (code, v) = issue_token_hook(&env, &via_cli, &[&third, &format!("{third}@example.org")]);
+    assert_eq!(code, Some(3), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("revoked at CKAN again"),
+        "{v}"
+    );
+    assert!(user_exists(&third));
+    assert!(ckan_token_ids(&third).is_empty(), "the token survived");
+    assert_eq!(outbox(&env), delivered);
+    std::fs::remove_file(dir.path().join("break-vault")).unwrap();
+    mend_vault(&env.vault);
+}
