@@ -154,7 +154,8 @@ pub struct DatabaseSection {
     pub admin_url: Option<String>,
     /// Run pg_dump as this OS user (peer authentication, e.g. "postgres").
     pub run_as: Option<String>,
-    /// Parallel dump/restore streams (default: number of cores).
+    /// Parallel sessions for indexes and constraints in `restore` and `drill` (default:
+    /// number of cores); dumps stay one stream per database.
     pub jobs: Option<usize>,
     /// Where pg_dump, pg_restore and psql live (default: the server's version under
     /// /usr/lib/postgresql, else PATH).
@@ -310,6 +311,31 @@ fn one_line(s: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Parses a `--set section.key=VALUE` flag into an override for [`Loaded::load`]. Only the
+/// keys environment variables may set are accepted, and a value holding a password is
+/// refused: a command line is readable by every user of the host (`/proc/*/cmdline`).
+pub fn parse_override(arg: &str) -> Result<(String, String), ConfigError> {
+    let (key, value) = arg.split_once('=').ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "--set {}: write it as section.key=VALUE, e.g. --set database.jobs=2",
+            arg.split('=').next().unwrap_or(arg)
+        ))
+    })?;
+    let key = key.trim();
+    if !KEYS.contains(&key) {
+        return Err(ConfigError::Invalid(format!(
+            "--set {key}: not a setting; the keys are listed in docs/configuration.md (e.g. database.jobs, ckan.ini)"
+        )));
+    }
+    if crate::pg::conninfo::redact_url(value) != value || value.contains("password=") {
+        return Err(ConfigError::Invalid(format!(
+            "--set {key}: the value holds a password, which a command line shows to every user of this host; put it in the config file or in ${}",
+            env_var(key)
+        )));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// Keys whose values are not strings: numbers, booleans and lists.
@@ -690,6 +716,35 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_override;
+
+    #[test]
+    fn set_flags_name_known_keys_and_carry_no_password() {
+        assert_eq!(
+            parse_override("database.jobs=2").unwrap(),
+            ("database.jobs".to_string(), "2".to_string())
+        );
+        let l = super::Loaded::load(None, &[parse_override("database.jobs=3").unwrap()]).unwrap();
+        assert_eq!(l.config.database.jobs, Some(3));
+        for (bad, want) in [
+            ("database.jobs", "section.key=VALUE"),
+            ("database.job=2", "not a setting"),
+            ("repository.password=x", "not a setting"),
+            (
+                "database.admin-url=postgresql://u:s3cret@h/postgres",
+                "holds a password",
+            ),
+            (
+                "database.admin-url=host=h password=s3cret dbname=x",
+                "holds a password",
+            ),
+        ] {
+            let e = parse_override(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+            assert!(!e.contains("s3cret"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     fn load_text(text: &str) -> Result<Loaded, ConfigError> {

@@ -34,6 +34,10 @@ pub struct DrillOptions {
     pub keep: bool,
     /// Percent of storage files to read back and hash (100 = all).
     pub storage_sample: f64,
+    /// Parallel sessions for indexes and constraints (as `restore --jobs`); 0: one per core.
+    pub jobs: usize,
+    /// Only this site's backups count for `latest` (a vault several sites share).
+    pub site: Option<String>,
 }
 
 /// One named check.
@@ -247,7 +251,7 @@ pub fn run(vault: &Vault, pg: &Pg, opts: &DrillOptions) -> Result<DrillReport, D
     let clock = Instant::now();
     let started = jiff::Timestamp::now();
     let reader = vault.reader()?;
-    let backup = restore::find_backup(&reader, &opts.snapshot)?;
+    let backup = restore::find_backup(&reader, &opts.snapshot, opts.site.as_deref())?;
     let major = backup.manifest.main().map(|m| m.server.major());
     let suffix = format!("{}_{}", started.as_second(), std::process::id());
     let mut scratch = match &opts.scratch {
@@ -325,6 +329,7 @@ pub fn run(vault: &Vault, pg: &Pg, opts: &DrillOptions) -> Result<DrillReport, D
         let target = scratch.target(&db);
         let plan = RestorePlan {
             keep_privileges: globals_restored,
+            jobs: opts.jobs,
             ..Default::default()
         };
         match restore::restore_database(pg, &reader, &backup, role, &target, &plan) {
@@ -332,12 +337,21 @@ pub fn run(vault: &Vault, pg: &Pg, opts: &DrillOptions) -> Result<DrillReport, D
                 bytes_read += rep.bytes;
                 db_bytes += rep.bytes;
                 restore_seconds += rep.restore_seconds;
+                // pg_restore stops at the first error (--exit-on-error), so it exited 0; what
+                // it still printed is shown, and an error among it fails the check.
+                let said = &rep.pg_restore_warnings;
+                let errors = said.iter().any(|l| l.to_lowercase().contains("error"));
                 check(
                     &mut checks,
                     &format!("{role}: restore"),
-                    true,
+                    !errors,
                     format!(
-                        "pg_restore exited 0; {} in {:.1} s",
+                        "pg_restore exited 0{}; {} in {:.1} s",
+                        match said.first() {
+                            None => String::new(),
+                            Some(first) =>
+                                format!(" and printed {} line(s), the first: {}", said.len(), first),
+                        },
                         crate::report::bytes(rep.bytes),
                         rep.restore_seconds
                     ),

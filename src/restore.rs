@@ -117,13 +117,26 @@ pub fn read_manifest(reader: &VaultReader, snap: &Snapshot) -> Result<Manifest, 
 /// (incomplete backups) are skipped for `latest…` and refused by id. A manifest that is
 /// there but cannot be read or understood stops the search: restoring an older backup
 /// instead would hide a damaged vault or a newer format.
-pub fn find_backup(reader: &VaultReader<'_>, spec: &str) -> Result<Backup, RestoreError> {
-    let all = reader.snapshots(Kind::Backup)?;
+///
+/// With `site`, only that site's backups (snapshot label) count: several sites may share
+/// one vault, and `latest` must not pick another site's backup.
+pub fn find_backup(
+    reader: &VaultReader<'_>,
+    spec: &str,
+    site: Option<&str>,
+) -> Result<Backup, RestoreError> {
+    let all: Vec<_> = reader
+        .snapshots(Kind::Backup)?
+        .into_iter()
+        .filter(|s| site.is_none_or(|l| s.label == l))
+        .collect();
+    let shown = || match site {
+        Some(l) => format!("{spec}` of site `{l}"),
+        None => spec.to_string(),
+    };
     if spec == "latest" || spec.starts_with("latest~") {
         let skip: usize = match spec.strip_prefix("latest~") {
-            Some(n) => n
-                .parse()
-                .map_err(|_| RestoreError::NoBackup(spec.to_string()))?,
+            Some(n) => n.parse().map_err(|_| RestoreError::NoBackup(shown()))?,
             None => 0,
         };
         let mut seen = 0;
@@ -150,7 +163,7 @@ pub fn find_backup(reader: &VaultReader<'_>, spec: &str) -> Result<Backup, Resto
                 Err(e) => return Err(e),
             }
         }
-        return Err(RestoreError::NoBackup(spec.to_string()));
+        return Err(RestoreError::NoBackup(shown()));
     }
     let snapshot = Vault::pick(&all, spec, Kind::Backup)?;
     let manifest = read_manifest(reader, &snapshot)?;
@@ -177,6 +190,8 @@ pub struct RestorePlan {
     /// Parallel sessions for each database's indexes and constraints; 0 means one per core.
     /// With 1 (and with `clean`) one pg_restore restores everything in one transaction.
     pub jobs: usize,
+    /// Only this site's backups (snapshot label) count for `latest`; None: every site's.
+    pub site: Option<String>,
 }
 
 impl RestorePlan {
@@ -344,7 +359,10 @@ pub fn restore_database(
     if plan.clean {
         extra.extend(["--clean", "--if-exists"]);
     }
-    if !plan.keep_privileges && plan.globals.is_none() {
+    // Without the cluster's roles, GRANTs (and the DataStore's default privileges) name
+    // roles the target may not have.
+    let no_privileges = !plan.keep_privileges && plan.globals.is_none();
+    if no_privileges {
         extra.push("--no-privileges");
     }
     let mut child = pg.spawn_restore(target, &extra)?;
@@ -408,7 +426,16 @@ pub fn restore_database(
             detail: format!("{} has no table of contents", record.path),
         })?;
         let more = pg
-            .restore_post_data(target, &toc, jobs)
+            .restore_post_data(
+                target,
+                &toc,
+                jobs,
+                if no_privileges {
+                    &["--no-privileges"]
+                } else {
+                    &[]
+                },
+            )
             .map_err(|e| RestoreError::PgRestore {
                 database: target.conn.to_string(),
                 detail: format!(
@@ -729,7 +756,7 @@ pub fn run(
 ) -> Result<RestoreOutcome, RestoreError> {
     let clock = Instant::now();
     let reader = vault.reader()?;
-    let backup = find_backup(&reader, spec)?;
+    let backup = find_backup(&reader, spec, plan.site.as_deref())?;
     let config = match &plan.config_out {
         Some(out) => Some(restore_config(&reader, &backup, out, plan.clean)?),
         None => None,
@@ -890,11 +917,12 @@ pub fn reapply_revocations(
 pub fn dump_file(
     vault: &Vault,
     spec: &str,
+    site: Option<&str>,
     path: &str,
     w: &mut impl Write,
 ) -> Result<u64, RestoreError> {
     let reader = vault.reader()?;
-    let backup = find_backup(&reader, spec)?;
+    let backup = find_backup(&reader, spec, site)?;
     let path = path.trim_start_matches('/');
     let mut hw = HashingWriter {
         inner: w,

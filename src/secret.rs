@@ -165,11 +165,28 @@ pub fn scrub_env(cmd: &mut Command) {
     }
 }
 
+/// The private temporary directories this process made, for [`remove_private_dirs`].
+static PRIVATE_DIRS: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
 /// A private (0700) temporary directory, removed when dropped.
 pub fn private_tempdir(prefix: &str) -> io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    PRIVATE_DIRS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(dir.path().to_path_buf());
     Ok(dir)
+}
+
+/// Removes every private temporary directory this process made (those already dropped
+/// are gone anyway). For a signal handler's thread right before the process exits, since
+/// a signal skips the `Drop` that removes them (they may hold a PGPASSFILE).
+pub fn remove_private_dirs() {
+    let dirs = std::mem::take(&mut *PRIVATE_DIRS.lock().unwrap_or_else(|e| e.into_inner()));
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }
 
 #[cfg(test)]

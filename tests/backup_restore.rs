@@ -10,6 +10,44 @@ use std::process::Command;
 use common::pg::unique;
 use common::site::{Site, stderr};
 
+/// Without the cluster's roles (no `--globals-db`), a parallel restore leaves out every
+/// GRANT, also the default privileges CKAN's `datastore set-permissions` makes, which
+/// pg_dump puts in the post-data section: a role the target lacks must not fail it.
+#[test]
+fn parallel_restore_without_roles_leaves_out_grants_and_default_privileges() {
+    let site = Site::new(20);
+    let c = site.cluster();
+    let role = unique("ds_reader");
+    c.sql(
+        &site.main_db,
+        &format!(
+            "CREATE ROLE {role}; GRANT SELECT ON package TO {role}; \
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role};"
+        ),
+    );
+    assert_eq!(site.json(&["backup"])["ok"], true);
+    // The role is gone on the host the backup comes back to.
+    c.sql(
+        &site.main_db,
+        &format!("DROP OWNED BY {role}; DROP ROLE {role};"),
+    );
+    for jobs in ["2", "1"] {
+        let db = unique("no_roles");
+        let r = site.json(&["restore", "latest", "--db", &c.url(&db), "--jobs", jobs]);
+        assert_eq!(r["ok"], true, "--jobs {jobs}: {r}");
+        assert_eq!(
+            c.fingerprint(&site.main_db),
+            c.fingerprint(&db),
+            "--jobs {jobs}"
+        );
+        assert_eq!(
+            c.schema_objects(&site.main_db),
+            c.schema_objects(&db),
+            "--jobs {jobs}"
+        );
+    }
+}
+
 #[test]
 fn round_trip_restores_every_row_and_file() {
     let site = Site::new(150);
@@ -121,7 +159,10 @@ fn assert_backup_fails_without_snapshot(site: &Site, bindir: &std::path::Path, e
 #[test]
 fn a_failing_dump_never_becomes_a_snapshot() {
     let site = Site::new(300);
-    site.ok(&["backup"]);
+    let first = site.json(&["backup"])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // Exits 1 half-way through the stream.
     let half = site.fake_bindir("set -o pipefail; REAL \"$@\" | head -c 200000; exit 1");
     assert_backup_fails_without_snapshot(&site, &half, "pg_dump exit status: 1");
@@ -162,6 +203,12 @@ fn a_failing_dump_never_becomes_a_snapshot() {
     // And the next ordinary backup works.
     site.ok(&["backup"]);
     assert_eq!(site.backups().len(), before + 1);
+    // None of the failures damaged the vault or the backup made before them.
+    let check = site.json(&["check", "--read-data"]);
+    assert_eq!(check["ok"], true, "{check}");
+    let out = site.cli(&["dump", &first, "db/ckan.pgdump"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.starts_with(b"PGDMP"));
 }
 
 #[test]
@@ -376,4 +423,64 @@ fn init_replaces_the_key_of_an_init_that_did_not_finish() {
     // A second init refuses: the vault exists.
     let out = run(&["init"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// Several sites in one vault: `--site` makes `latest` mean that site's latest backup.
+#[test]
+fn latest_of_one_site_in_a_shared_vault() {
+    use ckan_vault::vault::{Kind, SnapshotMeta};
+    let site = Site::new(10);
+    let ours = site.json(&["backup"]);
+    let ours_id = ours["snapshot"].as_str().unwrap().to_string();
+    let label = site.backups()[0]["label"].as_str().unwrap().to_string();
+    // Another site's backup, saved later into the same vault (a copy of ours, relabelled).
+    let vault = site.open_vault();
+    let reader = vault.reader().unwrap();
+    let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
+    let mut files = Vec::new();
+    for p in [
+        "config/ckan.ini",
+        "db/ckan.pgdump",
+        "db/datastore.pgdump",
+        "db/globals.sql",
+        "manifest.json",
+        "storage.sha256",
+    ] {
+        if reader.node(&snap, p).unwrap().is_some() {
+            files.push((p.to_string(), reader.read(&snap, p, 1 << 30).unwrap()));
+        }
+    }
+    for (p, _) in reader.walk(&snap, "storage").unwrap() {
+        let bytes = reader.read(&snap, &p, 1 << 30).unwrap();
+        files.push((p, bytes));
+    }
+    drop(reader);
+    let other = vault
+        .save_files(&SnapshotMeta::new(Kind::Backup, "other.example.org"), files)
+        .unwrap()
+        .id
+        .to_hex()
+        .to_string();
+    let picked = |args: &[&str]| -> String {
+        let dir = site.path().join(unique("files"));
+        let mut a = vec!["restore", "latest", "--storage", dir.to_str().unwrap()];
+        a.extend_from_slice(args);
+        site.json(&a)["snapshot"].as_str().unwrap().to_string()
+    };
+    assert_eq!(picked(&[]), other, "without --site: the vault's latest");
+    assert_eq!(picked(&["--site", &label]), ours_id);
+    assert_eq!(picked(&["--site", "other.example.org"]), other);
+    let o = site.cli(&[
+        "dump",
+        "latest",
+        "manifest.json",
+        "--site",
+        "nobody.example",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`latest` of site `nobody.example`"),
+        "{}",
+        stderr(&o)
+    );
 }

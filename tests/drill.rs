@@ -99,6 +99,38 @@ fn drill(site: &Site, args: &[&str]) -> (Option<i32>, serde_json::Value) {
     (out.status.code(), json)
 }
 
+/// The samples of a Prometheus text file, by metric name.
+fn metrics(path: &Path) -> std::collections::BTreeMap<String, f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Points the site's `[monitoring] metrics-file` at a new file.
+fn metrics_file(site: &Site) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = site.path().join("drill.prom");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&site.config)
+        .unwrap();
+    writeln!(f, "\n[monitoring]\nmetrics-file = \"{}\"", path.display()).unwrap();
+    path
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 fn postgres_running_in(dir: &Path) -> bool {
     let needle = dir.display().to_string();
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
@@ -112,6 +144,7 @@ fn postgres_running_in(dir: &Path) -> bool {
 fn a_good_backup_drills_clean_and_is_recorded() {
     let site = Site::new(120);
     site.ok(&["backup"]);
+    let prom = metrics_file(&site);
     let (code, rep) = drill(&site, &[]);
     assert_eq!(code, Some(0), "{rep}");
     assert_eq!(rep["verdict"], "pass");
@@ -130,6 +163,15 @@ fn a_good_backup_drills_clean_and_is_recorded() {
     }
     assert!(rep["timings"]["rto_seconds"].as_f64().unwrap() > 0.0);
     assert!(rep["timings"]["bytes_read"].as_u64().unwrap() > 100_000);
+    // The metrics file says when a drill last passed.
+    let m = metrics(&prom);
+    assert!(
+        m["ckan_vault_last_drill_success_timestamp_seconds"] > now() - 300.0,
+        "{m:?}"
+    );
+    assert_eq!(m["ckan_vault_drill_checks_failed"], 0.0, "{m:?}");
+    assert!(m["ckan_vault_drill_duration_seconds"] > 0.0, "{m:?}");
+    assert!(m["ckan_vault_drill_rto_seconds"] > 0.0, "{m:?}");
     let hist = site.json(&["drill", "--history"]);
     let drills = hist["drills"].as_array().unwrap();
     assert_eq!(drills.len(), 1);
@@ -151,9 +193,16 @@ fn a_changed_row_in_the_dump_fails_naming_the_table() {
     let site = Site::new(60);
     site.ok(&["backup"]);
     let id = doctor_main_dump(&site, b"user5@example.org", b"user5@examplf.org");
+    let prom = metrics_file(&site);
     let (code, rep) = drill(&site, &[&id]);
     assert_eq!(code, Some(1), "{rep}");
     assert_eq!(rep["verdict"], "fail");
+    let m = metrics(&prom);
+    assert!(m["ckan_vault_drill_checks_failed"] >= 1.0, "{m:?}");
+    assert!(
+        !m.contains_key("ckan_vault_last_drill_success_timestamp_seconds"),
+        "a failed drill is no success: {m:?}"
+    );
     let tables = check(&rep, "main: tables");
     assert_eq!(tables["ok"], false);
     let detail = tables["detail"].as_str().unwrap();
@@ -235,4 +284,49 @@ fn drills_of_a_two_day_history_and_on_a_shared_server() {
     assert_eq!(drills[1]["snapshot"], new["snapshot"]);
     let text = site.ok(&["drill", "--history"]);
     assert!(text.contains("pass") && text.contains("2 drills"), "{text}");
+}
+
+/// SIGTERM (cron's or systemd's stop, a terminal's Ctrl-C is SIGINT) while the scratch
+/// cluster runs: the restored copy does not outlive the run.
+#[test]
+fn an_interrupted_drill_removes_its_scratch_cluster() {
+    let site = Site::new(1000);
+    site.ok(&["backup"]);
+    let tmp = site.path().join("tmp-interrupted");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = std::process::Command::new(common::site::bin())
+        .args(["drill", "--json"])
+        .env("CKAN_VAULT_CONFIG", &site.config)
+        .env("TMPDIR", &tmp)
+        .env_remove("CKAN_VAULT_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The server is up once its socket exists (before that, initdb runs).
+    let socket_exists = |tmp: &Path| {
+        std::fs::read_dir(tmp)
+            .unwrap()
+            .flatten()
+            .any(|d| d.path().join(".s.PGSQL.5432").exists())
+    };
+    let t = std::time::Instant::now();
+    while !socket_exists(&tmp) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the drill ended before its scratch server ran"
+        );
+        assert!(t.elapsed().as_secs() < 60, "no scratch server started");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(err.contains("interrupted by signal"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
+    assert!(!postgres_running_in(&tmp), "a scratch postgres still runs");
 }

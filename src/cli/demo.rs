@@ -29,6 +29,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         Some("datastore") => print!("{}", site.datastore_sql()),
         Some(_) => print!("{}", site.churn_sql(1.0, args.round)),
         None => {
+            super::interrupt::remove_scratch_clusters_on_signal();
             let report = ckan_vault::demo::run(&ckan_vault::demo::DemoOptions {
                 packages: args.packages,
             })?;

@@ -14,6 +14,10 @@ pub struct Args {
     /// `latest`, `latest~N` or a snapshot id
     #[arg(default_value = "latest")]
     snapshot: String,
+    /// Only backups of this site (the snapshot label `ckan-vault snapshots` shows) count
+    /// for `latest`, in a vault several sites share [default: every site's]
+    #[arg(long, value_name = "LABEL")]
+    site: Option<String>,
     /// Restore into uniquely named databases on this server (dropped afterwards) instead of
     /// a throwaway cluster
     #[arg(long, value_name = "URL")]
@@ -24,8 +28,12 @@ pub struct Args {
     /// Percent of storage files to read back and hash [default: [drill] storage-sample or 100]
     #[arg(long, value_name = "PERCENT")]
     storage_sample: Option<f64>,
+    /// Sessions that build indexes and constraints in parallel [default: [database] jobs,
+    /// else one per core]
+    #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
     /// List past drills instead of running one
-    #[arg(long, conflicts_with_all = ["scratch", "keep", "storage_sample"])]
+    #[arg(long, conflicts_with_all = ["scratch", "keep", "storage_sample", "jobs"])]
     history: bool,
 }
 
@@ -73,6 +81,9 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         .into());
     }
     let pg = ckan_vault::pg::Pg::new()?;
+    if args.scratch.is_none() && !args.keep {
+        super::interrupt::remove_scratch_clusters_on_signal();
+    }
     let rep = drill::run(
         &vault,
         &pg,
@@ -81,8 +92,16 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             scratch: scratch.map(|t: Target| t),
             keep: args.keep,
             storage_sample: sample,
+            jobs: args
+                .jobs
+                .map(usize::from)
+                .or(loaded.config.database.jobs)
+                .unwrap_or(0),
+            site: args.site,
         },
-    )?;
+    );
+    super::interrupt::settle();
+    let rep = rep?;
     if let Some(path) = &loaded.config.monitoring.metrics_file
         && let Err(e) = report::update_metrics(path, &rep.metrics())
     {

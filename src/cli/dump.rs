@@ -13,6 +13,10 @@ pub struct Args {
     snapshot: String,
     /// A path inside the snapshot, e.g. db/ckan.pgdump
     path: String,
+    /// Only backups of this site (the snapshot label `ckan-vault snapshots` shows) count
+    /// for `latest`, in a vault several sites share [default: every site's]
+    #[arg(long, value_name = "LABEL")]
+    site: Option<String>,
 }
 
 /// Exit code of a writer whose reader went away, as a shell reports a SIGPIPE death.
@@ -26,9 +30,15 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
         closed: false,
     };
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout);
-    let result = ckan_vault::restore::dump_file(&vault, &args.snapshot, &args.path, &mut out)
-        .map_err(anyhow::Error::from)
-        .and_then(|size| Ok(out.flush().map(|()| size)?));
+    let result = ckan_vault::restore::dump_file(
+        &vault,
+        &args.snapshot,
+        args.site.as_deref(),
+        &args.path,
+        &mut out,
+    )
+    .map_err(anyhow::Error::from)
+    .and_then(|size| Ok(out.flush().map(|()| size)?));
     match result {
         Ok(size) => {
             log::info!("wrote {size} bytes");

@@ -9,6 +9,7 @@ mod dump;
 mod forget;
 mod hook;
 mod init;
+mod interrupt;
 mod logger;
 mod progress;
 mod restore;
@@ -35,6 +36,10 @@ pub struct Cli {
     /// The vault (overrides [repository] repository)
     #[arg(long, global = true, value_name = "REPOSITORY")]
     repo: Option<String>,
+    /// Set one configuration key (repeatable), e.g. --set database.jobs=2; wins over the
+    /// file and the environment. Never a password: put those in files.
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
     /// Print one JSON object on stdout (logs stay on stderr)
     #[arg(long, global = true)]
     json: bool,
@@ -116,6 +121,12 @@ pub fn main() -> ExitCode {
     };
     logger::init(if cli.quiet { 0 } else { 1 + cli.verbose });
     let mut overrides = Vec::new();
+    for s in &cli.set {
+        match ckan_vault::config::parse_override(s) {
+            Ok(o) => overrides.push(o),
+            Err(e) => return report_error(cli.json, &e.into()),
+        }
+    }
     if let Some(r) = &cli.repo {
         overrides.push(("repository.repository".to_string(), r.clone()));
     }
@@ -139,20 +150,24 @@ pub fn main() -> ExitCode {
         Command::Hook(a) => hook::run(&global, a),
         Command::Token(a) => token::run(&global, a),
     };
+    interrupt::settle();
     match result {
         Ok(code) => code,
-        Err(e) => {
-            let category = category(&e);
-            eprintln!("ckan-vault: error: {}", one_line(&e));
-            if global.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"ok": false, "error": one_line(&e), "exit_code": category.exit_code()})
-                );
-            }
-            ExitCode::from(category.exit_code())
-        }
+        Err(e) => report_error(global.json, &e),
     }
+}
+
+/// One line on stderr (and the JSON object with --json); the exit code of its category.
+fn report_error(json: bool, e: &anyhow::Error) -> ExitCode {
+    let category = category(e);
+    eprintln!("ckan-vault: error: {}", one_line(e));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "error": one_line(e), "exit_code": category.exit_code()})
+        );
+    }
+    ExitCode::from(category.exit_code())
 }
 
 /// The error and its causes on one line, without repeating a cause the message already has.

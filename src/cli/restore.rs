@@ -16,6 +16,10 @@ pub struct Args {
     /// `latest`, `latest~N` or a snapshot id
     #[arg(default_value = "latest")]
     snapshot: String,
+    /// Only backups of this site (the snapshot label `ckan-vault snapshots` shows) count
+    /// for `latest`, in a vault several sites share [default: every site's]
+    #[arg(long, value_name = "LABEL")]
+    site: Option<String>,
     /// Restore the main database into this database (created if missing)
     #[arg(long, value_name = "URL")]
     db: Option<String>,
@@ -43,8 +47,8 @@ pub struct Args {
     /// Do not re-apply the token revocations recorded in the vault to the restored database
     #[arg(long)]
     keep_revoked_tokens: bool,
-    /// Sessions that build indexes and constraints in parallel [default: one per core];
-    /// 1 restores each database in a single transaction
+    /// Sessions that build indexes and constraints in parallel [default: [database] jobs,
+    /// else one per core]; 1 restores each database in a single transaction
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
 }
@@ -106,7 +110,12 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             identity: args.identity.clone(),
         }),
         reapply_revocations: !args.keep_revoked_tokens,
-        jobs: args.jobs.map_or(0, usize::from),
+        jobs: args
+            .jobs
+            .map(usize::from)
+            .or(config.database.jobs)
+            .unwrap_or(0),
+        site: args.site.clone(),
     };
     let vault = super::open_vault_with_progress(g, &loaded)?;
     let pg = ckan_vault::pg::Pg::new()?;

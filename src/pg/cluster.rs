@@ -3,11 +3,14 @@
 //! `initdb` in a private temporary directory, started with TCP switched off so the restored
 //! data (e-mail addresses, token hashes) is reachable only through a unix socket inside that
 //! directory. As root, the cluster runs as `postgres` (PostgreSQL refuses to run as root).
-//! Dropping the handle stops the server and removes the directory, on every exit path.
+//! Dropping the handle stops the server and removes the directory, on every exit path that
+//! unwinds. A signal does not unwind: [`remove_live`] is there for the program's signal
+//! handling, so that an interrupted drill leaves no restored data behind either.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
 
 use super::tools::{BinDir, last_lines};
 use super::{ConnInfo, PgError};
@@ -36,6 +39,27 @@ pub struct ScratchCluster {
 }
 
 const SOCKET_PORT: u16 = 5432;
+
+/// The scratch clusters of this process that are not to be kept: directory, and the
+/// command that stops the server (`pg_ctl -m immediate stop`).
+static LIVE: Mutex<Vec<(PathBuf, Command)>> = Mutex::new(Vec::new());
+
+/// Stops every live scratch cluster of this process at once and removes its directory.
+/// For a signal handler's thread, right before the process exits; handles dropped later
+/// find their cluster gone and do nothing harmful.
+pub fn remove_live() {
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+    for (path, mut stop) in live {
+        let _ = stop.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+fn unregister(path: &Path) {
+    LIVE.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| p != path);
+}
 
 impl ScratchCluster {
     /// Creates and starts a cluster; fails with install advice when the server is missing.
@@ -68,6 +92,11 @@ impl ScratchCluster {
             stopped: true,
         };
         let data = cluster.data_dir();
+        if !opts.keep {
+            LIVE.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((cluster.path.clone(), cluster.stop_command()));
+        }
         let initdb = cluster.bindir.program("initdb");
         let mut cmd = cluster.server_command(&initdb);
         cmd.arg("-D").arg(&data).args([
@@ -142,11 +171,7 @@ impl ScratchCluster {
 
     fn server_command(&self, program: &Path) -> Command {
         let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(user).arg("--").arg(program);
-                c
-            }
+            Some(user) => super::tools::runuser(user, program),
             None => Command::new(program),
         };
         crate::secret::scrub_env(&mut cmd);
@@ -160,16 +185,21 @@ impl ScratchCluster {
             return Ok(());
         }
         self.stopped = true;
+        run_quiet(self.stop_command(), "pg_ctl stop")
+    }
+
+    fn stop_command(&self) -> Command {
         let pg_ctl = self.bindir.program("pg_ctl");
         let mut cmd = self.server_command(&pg_ctl);
         cmd.arg("-D")
             .arg(self.data_dir())
             .args(["-m", "immediate", "-w", "stop"]);
-        run_quiet(cmd, "pg_ctl stop")
+        cmd
     }
 
     /// Keeps the cluster running and its directory after this handle is gone.
     pub fn keep(mut self) -> PathBuf {
+        unregister(&self.path);
         self.keep = true;
         if let Some(d) = self.dir.take() {
             let _ = d.keep();
@@ -180,6 +210,7 @@ impl ScratchCluster {
 
 impl Drop for ScratchCluster {
     fn drop(&mut self) {
+        unregister(&self.path);
         if self.keep {
             if let Some(d) = self.dir.take() {
                 let _ = d.keep();

@@ -222,12 +222,15 @@ impl Pg {
     /// `pg_restore --jobs` needs a seekable archive, and a stream from the vault is not one;
     /// but post-data entries carry no data, so the TOC alone is a complete archive for them.
     /// It lives in an anonymous memory file (memfd) that the child opens as
-    /// `/proc/self/fd/N`: nothing is written to disk. Returns pg_restore's stderr.
+    /// `/proc/self/fd/N`: nothing is written to disk. `extra` must repeat the options of the
+    /// data restore that filter entries (`--no-privileges`): GRANTs and default privileges
+    /// are post-data entries too. Returns pg_restore's stderr.
     pub fn restore_post_data(
         &self,
         t: &Target,
         toc: &[u8],
         jobs: usize,
+        extra: &[&str],
     ) -> Result<Vec<u8>, PgError> {
         use std::io::Write;
         use std::os::fd::{AsRawFd, FromRawFd};
@@ -244,7 +247,9 @@ impl Pg {
         let raw = file.as_raw_fd();
         let jobs = jobs.max(1).to_string();
         let path = format!("/proc/self/fd/{raw}");
-        let mut c = self.restore_command(t, &["--section=post-data", "--jobs", &jobs])?;
+        let mut args = vec!["--section=post-data", "--jobs", &jobs];
+        args.extend_from_slice(extra);
+        let mut c = self.restore_command(t, &args)?;
         c.arg(&path).stdin(Stdio::null());
         // SAFETY: fcntl is async-signal-safe; it only clears close-on-exec on our memfd in
         // the child, so that pg_restore (through runuser, too) inherits it.

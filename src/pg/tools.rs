@@ -115,11 +115,7 @@ impl PgEnv {
         run_as: Option<&str>,
     ) -> Result<Command, PgError> {
         let mut cmd = match run_as {
-            Some(user) if needs_runuser(user) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(user).arg("--").arg(program);
-                c
-            }
+            Some(user) if needs_runuser(user) => runuser(user, program),
             _ => Command::new(program),
         };
         crate::secret::scrub_env(&mut cmd);
@@ -153,6 +149,18 @@ impl PgEnv {
         files.push((password.to_string(), path.clone()));
         Ok(path)
     }
+}
+
+/// `runuser -u USER -- PROGRAM`. runuser lives in /usr/sbin, which the PATH of cron jobs
+/// (`/usr/bin:/bin`) and of many service managers lacks: look there first.
+pub(crate) fn runuser(user: &str, program: &Path) -> Command {
+    let found = ["/usr/sbin/runuser", "/sbin/runuser"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    let mut c = Command::new(found.unwrap_or(Path::new("runuser")));
+    c.arg("-u").arg(user).arg("--").arg(program);
+    c
 }
 
 /// Root switches to the named user; anyone else runs the program as themselves.
