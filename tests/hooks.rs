@@ -204,6 +204,28 @@ fn restic_runs_the_script_and_a_failing_dump_leaves_no_snapshot() {
     );
     assert!(m["ckan_vault_snapshot_count"] >= 2.0, "{m:?}");
 
+    // Retention reaches the script's snapshots: `hook post-backup` applies [retention] to
+    // each database's history (restic's own forget would refuse beside the run lock).
+    let ids = |snaps: &[serde_json::Value]| -> Vec<String> {
+        snaps
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = ids(&snaps);
+    add_config(&site, "[retention]\nkeep-last = 1");
+    let again = run(None);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let snaps = restic_snapshots(&site, "ckan");
+    assert_eq!(snaps.len(), 2, "one per database is kept: {snaps:?}");
+    assert!(
+        ids(&snaps).iter().all(|i| !first.contains(i)),
+        "the newer run's snapshots stay: {snaps:?}"
+    );
+    for db in ["db=main", "db=datastore"] {
+        assert_eq!(restic_snapshots(&site, db).len(), 1, "{db}");
+    }
+
     // pg_dump dies half-way: the script fails and restic keeps no snapshot.
     for (what, script) in [
         (
@@ -933,4 +955,206 @@ fn issue_token_hook_reports_configuration_errors_as_json() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o700);
+}
+
+/// `KEY=VALUE` lines of a systemd unit, per `[Section]`, in order.
+fn unit_entries(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.to_string();
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not KEY=VALUE: {line:?}"));
+        out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
+    }
+    out
+}
+
+/// Runs one command line of a unit or the cron file with ckan-vault as built here.
+fn run_hook_command(line: &str, env: &BTreeMap<String, String>) {
+    let mut words = line.split_whitespace();
+    let program = words.next().unwrap();
+    assert!(
+        program == "ckan-vault" || program == "/usr/local/bin/ckan-vault",
+        "{line}"
+    );
+    let args: Vec<&str> = words.collect();
+    let o = Command::new(bin())
+        .args(&args)
+        .env_clear()
+        .envs(
+            ["PATH", "HOME", "TMPDIR"]
+                .iter()
+                .filter_map(|k| Some((k, std::env::var(k).ok()?))),
+        )
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "`{line}` failed ({:?}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}
+
+/// The systemd units and the cron file, run as systemd and cron would run them: every
+/// command line with the unit's environment (credentials through `%d`, the state directory
+/// through `$STATE_DIRECTORY`), against a real site; and the hardening the docs promise.
+#[test]
+fn systemd_units_and_cron_file_run_for_real() {
+    let site = Site::new(20);
+    let state = site.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    // systemd: the vault password only through the credential the unit names.
+    let unit_config = site.path().join("unit.toml");
+    let without_password: String = config
+        .lines()
+        .filter(|l| !l.starts_with("password-file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(
+        &unit_config,
+        format!("{without_password}\n[retention]\nkeep-last = 2\n"),
+    )
+    .unwrap();
+    let creds = site.path().join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::copy(&site.password_file, creds.join("vault-password")).unwrap();
+    std::fs::write(creds.join("ckan-api-token"), "unused\n").unwrap();
+    for f in ["vault-password", "ckan-api-token"] {
+        std::fs::set_permissions(creds.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    let dir = root().join("hooks/systemd");
+    let mut services: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "service"))
+        .collect();
+    services.sort(); // backup before drill
+    assert_eq!(services.len(), 2, "{services:?}");
+    for service in &services {
+        let name = service.file_name().unwrap().to_string_lossy().into_owned();
+        let entries = unit_entries(&std::fs::read_to_string(service).unwrap());
+        let get = |key: &str| -> Vec<&str> {
+            entries
+                .iter()
+                .filter(|(s, k, _)| s == "Service" && k == key)
+                .map(|(_, _, v)| v.as_str())
+                .collect()
+        };
+        for (key, want) in [
+            ("Type", "oneshot"),
+            ("ProtectSystem", "strict"),
+            ("PrivateTmp", "yes"),
+            ("NoNewPrivileges", "yes"),
+            ("UMask", "0077"),
+        ] {
+            assert_eq!(get(key), [want], "{name}: {key}");
+        }
+        assert!(
+            get("LoadCredential")
+                .iter()
+                .any(|c| c.starts_with("vault-password:")),
+            "{name}: the vault password comes as a credential"
+        );
+        assert!(
+            get("ReadWritePaths").contains(&"-/var/lib/prometheus/node-exporter"),
+            "{name}: the metrics directory of docs/monitoring.md must be writable"
+        );
+        // Environment: no secret values, only paths to credentials.
+        let mut env = BTreeMap::new();
+        for e in get("Environment") {
+            let (k, v) = e.split_once('=').unwrap();
+            assert!(k != "CKAN_VAULT_PASSWORD", "{name}: a password in the unit");
+            env.insert(
+                k.to_string(),
+                v.replace("%d", creds.to_str().unwrap()).to_string(),
+            );
+        }
+        assert!(
+            env.contains_key("CKAN_VAULT_REPOSITORY_PASSWORD_FILE"),
+            "{name}"
+        );
+        env.insert(
+            "CKAN_VAULT_CONFIG".into(),
+            unit_config.display().to_string(),
+        );
+        env.insert("STATE_DIRECTORY".into(), state.display().to_string());
+        // systemd's PATH for services: PostgreSQL's server programs are not on it.
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+        let mut commands = get("ExecStart");
+        commands.extend(get("ExecStartPost"));
+        assert!(!commands.is_empty(), "{name}");
+        for line in commands {
+            run_hook_command(line, &env);
+        }
+        // Its timer.
+        let timer = service.with_extension("timer");
+        let t = unit_entries(&std::fs::read_to_string(&timer).unwrap());
+        let has = |k: &str| t.iter().any(|(s, key, _)| s == "Timer" && key == k);
+        assert!(
+            has("OnCalendar") && has("Persistent"),
+            "{}",
+            timer.display()
+        );
+    }
+    assert_eq!(site.backups().len(), 1, "systemd's backup");
+    let history = site.json(&["drill", "--history"]);
+    assert!(history.to_string().contains("pass"), "{history}");
+
+    // cron: the same commands from /etc/cron.d's format, with the file's environment.
+    let cron_config = site.path().join("cron.toml");
+    std::fs::write(
+        &cron_config,
+        format!("{config}\n[retention]\nkeep-last = 2\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(root().join("hooks/cron/ckan-vault")).unwrap();
+    let mut env = BTreeMap::new();
+    let mut entries = 0;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields[0].contains('=') {
+            let (k, v) = line.split_once('=').unwrap();
+            env.insert(k.to_string(), v.to_string());
+            continue;
+        }
+        assert!(fields.len() > 6, "{line}");
+        for f in &fields[..5] {
+            assert!(
+                f.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c)),
+                "time field {f:?} in {line}"
+            );
+        }
+        assert_eq!(fields[5], "root", "{line}");
+        entries += 1;
+        let mut run_env = env.clone();
+        run_env.insert(
+            "CKAN_VAULT_CONFIG".into(),
+            cron_config.display().to_string(),
+        );
+        run_env.insert("CKAN_VAULT_STATE_DIR".into(), state.display().to_string());
+        for command in fields[6..].join(" ").split("&&") {
+            run_hook_command(command.trim(), &run_env);
+        }
+    }
+    assert_eq!(entries, 2, "backup and drill");
+    assert_eq!(site.backups().len(), 2, "cron's backup, retention keeps 2");
 }

@@ -5,11 +5,15 @@
 # Environment (restic's own variables as usual):
 #   RESTIC_REPOSITORY, RESTIC_PASSWORD_FILE (or RESTIC_PASSWORD_COMMAND)   required
 #   CKAN_VAULT_CONFIG     ckan-vault's configuration (default /etc/ckan-vault/ckan-vault.toml);
-#                         its [repository] should be this restic repository
+#                         its [repository] must be this restic repository
 #   CKAN_VAULT_DBS        databases to dump (default "main datastore"; "main" without DataStore)
 #   CKAN_VAULT_FILES      files and directories to back up (default: none)
-#   CKAN_VAULT_FORGET     restic forget policy, e.g. "--keep-daily 7 --keep-weekly 5" (default: none)
+#   CKAN_VAULT_PRUNE=1    prune after retention (default: retention only)
 #   CKAN_VAULT, RESTIC    the programs (default: from PATH)
+#
+# Retention: `hook post-backup` applies ckan-vault's [retention] to the snapshots this script
+# makes (tag `ckan`, one history per database and one for the files). `restic forget` cannot
+# do it here: restic sees the run lock this script holds in the repository and refuses.
 #
 # Fail-closed: restic >= 0.17 runs `--stdin-from-command` and saves no snapshot when
 # ckan-vault exits non-zero. Older restic (Debian 12 has 0.14) reads the dump from a pipe
@@ -25,7 +29,8 @@ CKAN_VAULT=${CKAN_VAULT:-ckan-vault}
 RESTIC=${RESTIC:-restic}
 DBS=${CKAN_VAULT_DBS:-main datastore}
 FILES=${CKAN_VAULT_FILES:-}
-FORGET=${CKAN_VAULT_FORGET:-}
+POST=(hook post-backup --owner-pid $$)
+if [ "${CKAN_VAULT_PRUNE:-0}" = 1 ]; then POST+=(--prune); fi
 : "${RESTIC_REPOSITORY:?set RESTIC_REPOSITORY}"
 
 finish() {
@@ -86,10 +91,6 @@ if [ -n "$FILES" ]; then
     "$RESTIC" backup --quiet --tag ckan --tag files $FILES || fail "restic backup of files failed"
 fi
 
-if [ -n "$FORGET" ]; then
-    # shellcheck disable=SC2086  # restic options
-    "$RESTIC" forget --quiet --tag ckan $FORGET --prune || fail "restic forget failed"
-fi
-
-# Retention for ckan-vault's own snapshots, metrics, the success ping.
-"$CKAN_VAULT" hook post-backup --owner-pid $$ || fail "post-backup failed"
+# Retention ([retention] of ckan-vault's config, for these snapshots and ckan-vault's own),
+# metrics, the success ping.
+"$CKAN_VAULT" "${POST[@]}" || fail "post-backup failed"

@@ -6,6 +6,14 @@
 //! `"verdict": "pass"`). A backup snapshot without its manifest is not a backup (a run died
 //! between saving and deleting it): it never counts towards `keep-*`, and goes once it is an
 //! hour old.
+//!
+//! Backups that restic or rustic make through the files in `hooks/` (`ckan-vault stdin-dump`
+//! streams, ckan.ini and storage as files) carry the tag [`FRAMEWORK_TAG`] instead of
+//! `ckan-vault`. rustic_core's and restic's locks do not see each other, so `restic forget`
+//! cannot run beside ckan-vault's run lock: retention applies to those snapshots here, in
+//! groups of the same host, label, tags and paths (restic's grouping plus tags, so the main
+//! database, the DataStore and the files each keep their own history). Snapshots with
+//! neither tag are never touched.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +22,25 @@ use rustic_core::{CheckOptions, KeepOptions, PruneOptions, ReadSubsetOption};
 use serde::Serialize;
 
 use super::{Kind, Vault, VaultError};
+
+/// The tag the `hooks/` profiles give the backups restic and rustic make of a CKAN site.
+pub const FRAMEWORK_TAG: &str = "ckan";
+
+/// Whether restic or rustic made `s` through the `hooks/` files.
+fn is_framework_backup(s: &SnapshotFile) -> bool {
+    Kind::of(s).is_none() && s.tags.iter().any(|t| t == FRAMEWORK_TAG)
+}
+
+/// The retention group of a framework backup: host, label, tags and paths.
+fn framework_group(s: &SnapshotFile) -> String {
+    let mut tags: Vec<&String> = s.tags.iter().collect();
+    tags.sort();
+    let paths: Vec<&String> = s.paths.iter().collect();
+    format!(
+        "framework {} {} {:?} {:?}",
+        s.hostname, s.label, tags, paths
+    )
+}
 
 /// The `[retention]` policy.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +83,8 @@ pub struct ForgetItem {
     pub id: String,
     pub time: String,
     pub label: String,
+    /// `ckan-vault` (its own backups) or `framework` (made by restic or rustic).
+    pub origin: &'static str,
     pub keep: bool,
     /// Why it stays (`last`, `daily`, …, `drilled`), or why it goes (`incomplete`).
     pub reasons: Vec<String>,
@@ -191,6 +220,7 @@ impl Vault {
         let mut backups = Vec::new();
         let mut incomplete = Vec::new();
         let mut drills = Vec::new();
+        let mut framework = Vec::new();
         let mut other = 0;
         for s in all {
             match Kind::of(&s) {
@@ -205,6 +235,7 @@ impl Vault {
                     other += 1;
                     drills.push(s);
                 }
+                None if is_framework_backup(&s) => framework.push(s),
                 _ => other += 1,
             }
         }
@@ -234,7 +265,13 @@ impl Vault {
 
         let mut groups: BTreeMap<String, Vec<SnapshotFile>> = BTreeMap::new();
         for b in backups {
-            groups.entry(b.label.clone()).or_default().push(b);
+            groups
+                .entry(format!("ckan-vault {}", b.label))
+                .or_default()
+                .push(b);
+        }
+        for f in framework {
+            groups.entry(framework_group(&f)).or_default().push(f);
         }
         let drilled_id = drilled.as_ref().map(|d| d.id);
         let mut items = Vec::new();
@@ -377,6 +414,11 @@ fn item(s: &SnapshotFile, keep: bool, reasons: Vec<String>) -> ForgetItem {
         id: s.id.to_hex().to_string(),
         time: s.time.timestamp().to_string(),
         label: s.label.clone(),
+        origin: if is_framework_backup(s) {
+            "framework"
+        } else {
+            "ckan-vault"
+        },
         keep,
         reasons,
     }
