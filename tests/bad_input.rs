@@ -585,6 +585,44 @@ fn flags_snapshots_and_paths_that_do_not_exist() {
         2,
         &["nothing to restore"],
     );
+    // --set: known keys only, never a password on the command line.
+    rejects(
+        &site,
+        &["snapshots", "--set", "jobs=2"],
+        &[],
+        2,
+        &["not a setting"],
+    );
+    rejects(
+        &site,
+        &["--set", "database.jobs", "snapshots"],
+        &[],
+        2,
+        &["section.key=VALUE"],
+    );
+    let line = rejects(
+        &site,
+        &[
+            "snapshots",
+            "--set",
+            "database.admin-url=postgresql://u:s3cret@h/x",
+        ],
+        &[],
+        2,
+        &["holds a password", "CKAN_VAULT_DATABASE_ADMIN_URL"],
+    );
+    assert!(!line.contains("s3cret"), "{line}");
+    rejects(
+        &site,
+        &[
+            "snapshots",
+            "--set",
+            "repository.repository=/nonexistent/vault",
+        ],
+        &[],
+        2,
+        &["no vault at /nonexistent/vault"],
+    );
     for spec in [
         "latest~1",
         "latest~x",
@@ -741,4 +779,174 @@ fn damaged_manifests_and_checksum_lists_in_a_snapshot() {
         1,
         &["storage.sha256"],
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// token files and escrow recipients, through the command line
+
+/// A ZipCrypto (or plain) zip of `members`, as a hostile or broken token file.
+fn token_zip(members: &[(&str, &[u8])], password: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    use zip::unstable::write::FileOptionsExt;
+    use zip::write::SimpleFileOptions;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in members {
+        let mut o =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        if let Some(p) = password {
+            o = o.with_deprecated_encryption(p).unwrap();
+        }
+        z.start_file(*name, o).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+#[test]
+fn token_files_that_are_wrong_fail_cleanly_at_the_command_line() {
+    let site = new_site(10);
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/token");
+    let cert = std::fs::read(fixtures.join("dcor.example.com.pem")).unwrap();
+    let key: &[u8] = b"eyJhbGciOiJIUzI1NiJ9.eyJqdGkiOiJhYmMifQ.c2lnbmF0dXJl\n";
+    let pw = write(&site, "token.pw", b"pw\n");
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let bomb = vec![0u8; 10 << 20];
+    let good = |extra: &[(&str, &[u8])]| {
+        let mut m: Vec<(&str, &[u8])> = vec![("api_key.txt", key), ("server.cert", &cert)];
+        m.extend_from_slice(extra);
+        token_zip(&m, Some(b"pw"))
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "aes",
+            std::fs::read(fixtures.join("aes.dcor-access")).unwrap(),
+            "AES",
+        ),
+        (
+            "missing member",
+            token_zip(&[("api_key.txt", key)], Some(b"pw")),
+            "lacks",
+        ),
+        (
+            "extra member",
+            good(&[("notes.txt", b"hi")]),
+            "unexpected member",
+        ),
+        (
+            "dot-dot name",
+            token_zip(
+                &[("../api_key.txt", key), ("server.cert", &cert)],
+                Some(b"pw"),
+            ),
+            "unsafe member name",
+        ),
+        (
+            "absolute name",
+            token_zip(
+                &[("/api_key.txt", key), ("server.cert", &cert)],
+                Some(b"pw"),
+            ),
+            "unsafe member name",
+        ),
+        (
+            "zip bomb",
+            token_zip(&[("api_key.txt", key), ("server.cert", &bomb)], Some(b"pw")),
+            "larger than",
+        ),
+        (
+            "not encrypted",
+            token_zip(&[("api_key.txt", key), ("server.cert", &cert)], None),
+            "not encrypted",
+        ),
+        (
+            "wrong password",
+            token_zip(
+                &[("api_key.txt", key), ("server.cert", &cert)],
+                Some(b"other"),
+            ),
+            "wrong password",
+        ),
+        ("empty", Vec::new(), "empty"),
+        ("not a zip", b"hello, not a zip".to_vec(), "not a ZIP"),
+        ("oversize", vec![b'P'; 4 << 20], "larger than"),
+    ];
+    for (what, bytes, expect) in cases {
+        let file = write(&site, &format!("{}.dcor-access", unique("bad")), &bytes);
+        for cmd in ["inspect", "verify"] {
+            let r = run(
+                &site,
+                &[
+                    "token",
+                    cmd,
+                    file.to_str().unwrap(),
+                    "--password-file",
+                    pw.to_str().unwrap(),
+                ],
+                &[],
+            );
+            let said = format!("{}{}", r.stdout, r.stderr);
+            assert!(!said.contains("panicked"), "{what} ({cmd}): {said}");
+            assert!(
+                matches!(r.code, Some(c) if c != 0),
+                "{what} ({cmd}): exit {:?}: {said}",
+                r.code
+            );
+            assert!(
+                said.contains(expect),
+                "{what} ({cmd}): {expect:?} not in {said}"
+            );
+            assert!(
+                !said.contains("eyJhbGci"),
+                "{what} ({cmd}): the key shown: {said}"
+            );
+        }
+    }
+    // The good file opens (the cases above fail for their own reason).
+    let file = write(&site, "good.dcor-access", &good(&[]));
+    let r = run(
+        &site,
+        &[
+            "token",
+            "inspect",
+            file.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+}
+
+#[test]
+fn malformed_escrow_recipients_are_named() {
+    let site = new_site(10);
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    for (recipients, expect) in [
+        ("[\"age1notarecipient\"]", "recipient"),
+        ("[\"ssh-ed25519 AAAAnotbase64!\"]", "recipient"),
+        ("[\"AGE-SECRET-KEY-1QQQQ\"]", "recipient"),
+    ] {
+        let bad = write(
+            &site,
+            &format!("{}.toml", unique("escrow")),
+            format!("{config}\n[escrow]\nrecipients = {recipients}\n").as_bytes(),
+        );
+        let before = site.backups().len();
+        let line = rejects(
+            &site,
+            &["backup", "--config", bad.to_str().unwrap()],
+            &[],
+            2,
+            &[expect],
+        );
+        assert!(
+            !line.contains("AGE-SECRET-KEY-1QQQQ"),
+            "a secret key echoed: {line}"
+        );
+        assert_eq!(
+            site.backups().len(),
+            before,
+            "{recipients}: a backup was made"
+        );
+    }
 }

@@ -687,6 +687,17 @@ fn sealed_config_and_revocations_survive_a_restore() {
         first["token_id"].as_str().unwrap().to_string(),
         second["token_id"].as_str().unwrap().to_string(),
     );
+    // A token made the old way, by hand at CKAN: no escrow copy.
+    let made = c.post(
+        "api_token_create",
+        Some(&c.admin_token()),
+        &format!("{{\"user\": \"{user}\", \"name\": \"by-hand\"}}"),
+    );
+    assert!(made.success(), "{made:?}");
+    let legacy: String = ckan_token_ids(&user)
+        .into_iter()
+        .find(|t| *t != t1 && *t != t2)
+        .expect("the hand-made token is listed");
 
     let t0 = std::time::Instant::now();
     let backup = env.json(&["backup"]);
@@ -702,8 +713,24 @@ fn sealed_config_and_revocations_survive_a_restore() {
     assert!(sealed.stdout.starts_with(b"age-encryption.org/v1"));
     assert_eq!(age_decrypt(&env.key, &sealed.stdout), ini);
 
-    // The first token is revoked after the backup.
+    // The first token is revoked after the backup, and so is the hand-made one: by its id,
+    // which ckan-vault refuses to guess about without --not-escrowed.
     env.json(&["token", "revoke", &t1]);
+    let refused = env.run(&["token", "revoke", &legacy]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("--not-escrowed"),
+        "{}",
+        text(&refused)
+    );
+    assert!(ckan_token_ids(&user).contains(&legacy));
+    let by_hand = env.json(&["token", "revoke", &legacy, "--not-escrowed"]);
+    assert_eq!(
+        by_hand["revoked"][0]["token_id"],
+        legacy.as_str(),
+        "{by_hand}"
+    );
+    assert_eq!(by_hand["revoked"][0]["escrowed"], false, "{by_hand}");
     assert_eq!(ckan_token_ids(&user), std::slice::from_ref(&t2));
 
     // Restore the older backup into a new database, with the config.
@@ -738,8 +765,8 @@ fn sealed_config_and_revocations_survive_a_restore() {
     assert_eq!(std::fs::read(&config_out).unwrap(), ini);
     assert_eq!(mode(&config_out), 0o600);
     assert_eq!(restored["config"]["sealed"], true);
-    assert_eq!(restored["revocations"]["recorded"], 1, "{restored}");
-    assert_eq!(restored["revocations"]["re_revoked"], 1, "{restored}");
+    assert_eq!(restored["revocations"]["recorded"], 2, "{restored}");
+    assert_eq!(restored["revocations"]["re_revoked"], 2, "{restored}");
     let count = |db: &str, id: &str| -> String {
         let out = c
             .psql_superuser(db)
@@ -751,6 +778,11 @@ fn sealed_config_and_revocations_survive_a_restore() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     assert_eq!(count(&db, &t1), "0", "the revoked token came back");
+    assert_eq!(
+        count(&db, &legacy),
+        "0",
+        "the revoked hand-made token came back"
+    );
     assert_eq!(count(&db, &t2), "1", "a token that was not revoked is gone");
 
     // Without re-applying, the older backup does hold the revoked token.
@@ -779,7 +811,7 @@ fn sealed_config_and_revocations_survive_a_restore() {
         check["detail"]
             .as_str()
             .unwrap()
-            .contains("1 recorded, 1 token(s) of this backup revoked again"),
+            .contains("2 recorded, 2 token(s) of this backup revoked again"),
         "{check}"
     );
 }
@@ -876,7 +908,10 @@ fn issue_token_hook_issues_escrows_and_maps_failures_to_exit_codes() {
     let (code, v) = issue_token_hook(&env, &via_cli, &[&third, &format!("{third}@example.org")]);
     assert_eq!(code, Some(3), "{v}");
     assert!(
-        v["error"].as_str().unwrap().contains("revoked at CKAN again"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("revoked at CKAN again"),
         "{v}"
     );
     assert!(user_exists(&third));

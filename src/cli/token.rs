@@ -105,6 +105,10 @@ enum TokenCommand {
     Revoke {
         /// A user or a token id
         spec: String,
+        /// SPEC is the id of a token ckan-vault did not issue (no escrow copy, e.g. made by
+        /// hand with `ckan user token add`): revoke it at CKAN and record it all the same
+        #[arg(long)]
+        not_escrowed: bool,
         /// How to reach CKAN
         #[arg(long, value_enum, default_value = "api")]
         via: Via,
@@ -431,7 +435,11 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             g.print(&j, &human);
             Ok(ExitCode::SUCCESS)
         }
-        TokenCommand::Revoke { spec, via } => {
+        TokenCommand::Revoke {
+            spec,
+            not_escrowed,
+            via,
+        } => {
             let loaded = g.load()?;
             let config = &loaded.config;
             let vault = super::open_vault(&loaded)?;
@@ -446,6 +454,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
                 channel,
                 &config.site_label(),
                 &spec,
+                not_escrowed,
                 Timestamp::now(),
             )?;
             let mut j = serde_json::to_value(&out)?;

@@ -115,7 +115,9 @@ pub enum TokenError {
         token_id: String,
         reason: String,
     },
-    #[error("no escrowed token or user matches {spec:?}: see `ckan-vault token list`")]
+    #[error(
+        "no escrowed token or user matches {spec:?}: see `ckan-vault token list`; a token ckan-vault did not issue is revoked by its id with --not-escrowed"
+    )]
     NoMatch { spec: String },
     #[error(
         "{spec:?} matches {count} escrowed tokens: give more of the token id (see `ckan-vault token list`)"

@@ -189,6 +189,11 @@ pub fn issue(
     if req.check_served && is_https(site.site_url) {
         // The handshake fails unless the site serves exactly this certificate.
         Client::pinned(site.site_url, None, site.timeout, site.certificate.pem())?.status_show()?;
+    } else if req.check_served {
+        warnings.push(format!(
+            "--check-served: {} serves no certificate (not https); nothing was compared",
+            site.site_url
+        ));
     }
     match (site.channel.user_exists(&req.user)?, req.create_user) {
         (Some(false), false) => {

@@ -6,6 +6,10 @@
 //! CKAN lists for the user with the intent's token name, created after the intent
 //! started (when CKAN says when), that are neither escrowed nor recorded as revoked,
 //! are revoked too; an intent with no such token is deleted, since nothing of it is left.
+//!
+//! Tokens made before ckan-vault (by hand with `ckan user token add`) have no escrow copy;
+//! with `not_escrowed` a token id that matches no escrow entry is revoked at CKAN and
+//! recorded all the same, so that restores of older backups revoke it again too.
 
 use std::collections::BTreeSet;
 
@@ -51,6 +55,7 @@ pub fn revoke(
     channel: Channel<'_>,
     label: &str,
     spec: &str,
+    not_escrowed: bool,
     now: Timestamp,
 ) -> Result<RevokeOutcome, TokenError> {
     let records = Records::load(vault)?;
@@ -74,7 +79,36 @@ pub fn revoke(
             reason: e.to_string(),
         })
     };
-    match records.select(spec)? {
+    let selection = match records.select(spec) {
+        Err(TokenError::NoMatch { .. }) if not_escrowed => {
+            channel.revoke(spec)?;
+            let earlier = records.revocation(spec).map(|r| r.record.revoked);
+            let record_snapshot = match earlier {
+                Some(_) => None,
+                None => Some(record(
+                    Revocation::new(
+                        spec,
+                        "token without escrow copy (--not-escrowed)",
+                        &host,
+                        now,
+                    ),
+                    None,
+                )?),
+            };
+            log::warn!("revoked token {spec}, which has no escrow copy");
+            out.revoked.push(Revoked {
+                token_id: spec.to_string(),
+                user: None,
+                token_name: None,
+                escrowed: false,
+                record_snapshot,
+                previously_recorded: earlier,
+            });
+            return Ok(out);
+        }
+        other => other?,
+    };
+    match selection {
         Selection::Token(e) => {
             let x = &e.record;
             channel.revoke(&x.token_id)?;
