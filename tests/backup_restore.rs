@@ -435,26 +435,7 @@ fn latest_of_one_site_in_a_shared_vault() {
     let label = site.backups()[0]["label"].as_str().unwrap().to_string();
     // Another site's backup, saved later into the same vault (a copy of ours, relabelled).
     let vault = site.open_vault();
-    let reader = vault.reader().unwrap();
-    let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
-    let mut files = Vec::new();
-    for p in [
-        "config/ckan.ini",
-        "db/ckan.pgdump",
-        "db/datastore.pgdump",
-        "db/globals.sql",
-        "manifest.json",
-        "storage.sha256",
-    ] {
-        if reader.node(&snap, p).unwrap().is_some() {
-            files.push((p.to_string(), reader.read(&snap, p, 1 << 30).unwrap()));
-        }
-    }
-    for (p, _) in reader.walk(&snap, "storage").unwrap() {
-        let bytes = reader.read(&snap, &p, 1 << 30).unwrap();
-        files.push((p, bytes));
-    }
-    drop(reader);
+    let (_, files) = common::site::files_of_latest(&vault);
     let other = vault
         .save_files(&SnapshotMeta::new(Kind::Backup, "other.example.org"), files)
         .unwrap()

@@ -5,32 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use ckan_vault::vault::{Kind, Snapshot, SnapshotMeta, Vault};
-use common::site::{Site, stderr};
-
-/// Every file of the latest backup, in memory.
-fn files_of_latest(vault: &Vault) -> (Snapshot, Vec<(String, Vec<u8>)>) {
-    let reader = vault.reader().unwrap();
-    let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
-    let mut files = Vec::new();
-    for p in [
-        "config/ckan.ini",
-        "db/ckan.pgdump",
-        "db/datastore.pgdump",
-        "db/globals.sql",
-        "manifest.json",
-        "storage.sha256",
-    ] {
-        if reader.node(&snap, p).unwrap().is_some() {
-            files.push((p.to_string(), reader.read(&snap, p, 1 << 30).unwrap()));
-        }
-    }
-    for (p, _) in reader.walk(&snap, "storage").unwrap() {
-        let bytes = reader.read(&snap, &p, 1 << 30).unwrap();
-        files.push((p, bytes));
-    }
-    (snap, files)
-}
+use ckan_vault::vault::{Kind, SnapshotMeta, Vault};
+use common::site::{Site, files_of_latest, now, stderr};
 
 /// Stores `files` as a new backup snapshot (with whatever manifest they carry) and returns its id.
 fn save_doctored(vault: &Vault, label: &str, files: Vec<(String, Vec<u8>)>) -> String {
@@ -122,13 +98,6 @@ fn metrics_file(site: &Site) -> std::path::PathBuf {
         .unwrap();
     writeln!(f, "\n[monitoring]\nmetrics-file = \"{}\"", path.display()).unwrap();
     path
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 fn postgres_running_in(dir: &Path) -> bool {

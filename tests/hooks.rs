@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::pg::unique;
-use common::site::{Site, bin, stderr};
+use common::site::{Site, bin, now, stderr};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -99,13 +99,6 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
         }
     }
     out
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
 }
 
 /// A sleeping process to own a lock, killed when dropped.

@@ -185,3 +185,39 @@ impl Site {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Every file of the vault's latest backup, in memory: to save doctored or relabelled
+/// copies of it.
+pub fn files_of_latest(
+    vault: &ckan_vault::vault::Vault,
+) -> (ckan_vault::vault::Snapshot, Vec<(String, Vec<u8>)>) {
+    use ckan_vault::vault::Kind;
+    let reader = vault.reader().unwrap();
+    let snap = reader.snapshots(Kind::Backup).unwrap().pop().unwrap();
+    let mut files = Vec::new();
+    for p in [
+        "config/ckan.ini",
+        "db/ckan.pgdump",
+        "db/datastore.pgdump",
+        "db/globals.sql",
+        "manifest.json",
+        "storage.sha256",
+    ] {
+        if reader.node(&snap, p).unwrap().is_some() {
+            files.push((p.to_string(), reader.read(&snap, p, 1 << 30).unwrap()));
+        }
+    }
+    for (p, _) in reader.walk(&snap, "storage").unwrap() {
+        let bytes = reader.read(&snap, &p, 1 << 30).unwrap();
+        files.push((p, bytes));
+    }
+    (snap, files)
+}
+
+/// Seconds since the Unix epoch, as metrics files record times.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
