@@ -39,7 +39,7 @@ impl SampleSite {
             r#"
 CREATE FUNCTION demo_text(seed int, words int) RETURNS text LANGUAGE sql IMMUTABLE AS $$
   SELECT string_agg(CASE WHEN k % 4 = 0 THEN substr(md5(seed::text || '-' || k), 1, 6)
-    ELSE ({WORDS})[1 + ((seed * 7919 + k * 104729) % 30 + 30) % 30] END, ' ')
+    ELSE ({WORDS})[1 + (((seed::bigint * 7919 + k * 104729) % 30 + 30) % 30)::int] END, ' ')
   FROM generate_series(1, words) k $$;
 CREATE TABLE "user" (id text PRIMARY KEY, name text UNIQUE NOT NULL, email text, fullname text,
   about text, sysadmin boolean NOT NULL DEFAULT false, state text NOT NULL, created timestamp NOT NULL);
