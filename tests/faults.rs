@@ -874,3 +874,55 @@ fn concurrent_runs_are_serialised_by_the_lock() {
     let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(done["removed"], 2, "{done}");
 }
+
+/// Another host's `forget --prune` holds an exclusive lock object in the shared vault: a
+/// backup here is refused in one line (its new snapshot could reference data the prune is
+/// deleting) and saves nothing; once that lock is gone, the backup runs.
+#[test]
+fn a_backup_while_another_host_prunes_is_refused() {
+    use ckan_vault::vault::VaultConfig;
+    use ckan_vault::vault::lock::{LockRequest, Owner, RunLock};
+    let site = new_site(20);
+    site.ok(&["backup"]);
+    let before = backup_ids(&site);
+    let vault = site.open_vault();
+    let cfg = VaultConfig {
+        repository: site.vault.display().to_string(),
+        options: Default::default(),
+        password: common::site::VAULT_PASSWORD.into(),
+        cache_dir: None,
+    };
+    let prune = RunLock::acquire(
+        &vault,
+        &cfg,
+        LockRequest {
+            owner: Owner {
+                pid: 4242,
+                pid_start: None,
+                host: "prune-host.example".into(),
+            },
+            command: "ckan-vault forget --prune".into(),
+            exclusive: true,
+            // The other host's lock file is on the other host.
+            state_dir: site.path().join("other-host-state"),
+        },
+    )
+    .unwrap();
+    let out = site.cli(&["backup"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("prune-host.example") && err.contains("exclusive"),
+        "{err}"
+    );
+    assert_eq!(err.matches("ckan-vault: error:").count(), 1, "{err}");
+    assert_eq!(
+        backup_ids(&site),
+        before,
+        "a backup was saved beside a prune"
+    );
+    prune.release().unwrap();
+    site.ok(&["backup"]);
+    assert_eq!(backup_ids(&site).len(), before.len() + 1);
+    assert_vault_clean(&site, &site.vault, &[], "after the refused backup");
+}
