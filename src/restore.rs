@@ -360,11 +360,13 @@ pub fn restore_database(
         extra.extend(["--clean", "--if-exists"]);
     }
     // Without the cluster's roles, GRANTs (and the DataStore's default privileges) name
-    // roles the target may not have.
-    let no_privileges = !plan.keep_privileges && plan.globals.is_none();
-    if no_privileges {
-        extra.push("--no-privileges");
-    }
+    // roles the target may not have. The same filter applies to both restore steps.
+    let filters: &[&str] = if !plan.keep_privileges && plan.globals.is_none() {
+        &["--no-privileges"]
+    } else {
+        &[]
+    };
+    extra.extend_from_slice(filters);
     let mut child = pg.spawn_restore(target, &extra)?;
     let stdin = child.stdin.take().expect("stdin piped");
     let mut stderr = child.stderr.take().expect("stderr piped");
@@ -426,16 +428,7 @@ pub fn restore_database(
             detail: format!("{} has no table of contents", record.path),
         })?;
         let more = pg
-            .restore_post_data(
-                target,
-                &toc,
-                jobs,
-                if no_privileges {
-                    &["--no-privileges"]
-                } else {
-                    &[]
-                },
-            )
+            .restore_post_data(target, &toc, jobs, filters)
             .map_err(|e| RestoreError::PgRestore {
                 database: target.conn.to_string(),
                 detail: format!(
