@@ -759,7 +759,10 @@ fn metrics_file_parses_and_is_replaced_atomically() {
     );
     // Readers never see a partial file: watch it while runs rewrite it.
     use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(&metrics).unwrap().ino();
+    // Held open, the old file keeps its inode number: a freed one can be handed to a later
+    // temporary file, and the comparison below would then fail for no fault.
+    let original = std::fs::File::open(&metrics).unwrap();
+    let inode = original.metadata().unwrap().ino();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (stop, path) = (stop.clone(), metrics.clone());
