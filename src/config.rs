@@ -154,8 +154,8 @@ pub struct DatabaseSection {
     pub admin_url: Option<String>,
     /// Run pg_dump as this OS user (peer authentication, e.g. "postgres").
     pub run_as: Option<String>,
-    /// Parallel sessions for indexes and constraints in `restore` and `drill` (default:
-    /// number of cores); dumps stay one stream per database.
+    /// Parallel sessions of `restore` and `drill` (a big table's rows, the read-back, indexes
+    /// and constraints; default: number of cores); dumps stay one stream per database.
     pub jobs: Option<usize>,
     /// Where pg_dump, pg_restore and psql live (default: the server's version under
     /// /usr/lib/postgresql, else PATH).

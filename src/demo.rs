@@ -103,26 +103,59 @@ CREATE TABLE "_table_metadata" (_id serial PRIMARY KEY, name text, oid oid);
         )
     }
 
-    /// SQL changing about `percent` % of the site: packages updated, activity added, users touched.
+    /// SQL changing about `percent` % of the site: packages updated, activity added, users
+    /// touched. Each round picks other packages and users and marks what it changed with its
+    /// number, so [`Self::changed_bytes_sql`] can size one round's changes.
     pub fn churn_sql(&self, percent: f64, round: u32) -> String {
-        let p = self.packages.max(10);
-        let n = ((p as f64) * percent / 100.0).ceil().max(1.0) as u32;
-        let users = (p / 10).max(3);
-        let start = p * 5 + round * 100_000;
+        let c = self.churn(percent, round);
         format!(
             r#"
-UPDATE package SET notes = notes || ' revised', metadata_modified = metadata_modified + interval '1 day'
-  WHERE name IN (SELECT 'dataset-'||(1 + (i * 7919) % {p}) FROM generate_series(1, {n}) i);
-INSERT INTO activity SELECT md5('a'||i), timestamp '2024-01-01' + i * interval '1 min',
+UPDATE package SET notes = notes || ' revised r{round}', metadata_modified = metadata_modified + interval '1 day'
+  WHERE name IN (SELECT 'dataset-'||(1 + (i * 7919 + {shift}) % {p}) FROM generate_series(1, {n}) i);
+INSERT INTO activity SELECT md5('a'||i), {first} + i * interval '1 min',
   md5('u'||(1 + i % {users})), md5('p'||(1 + i % {p})), 'changed package',
   jsonb_build_object('package', jsonb_build_object('notes', demo_text(i, 300)))
   FROM generate_series({start} + 1, {start} + {acts}) i;
-UPDATE "user" SET about = about || ' (updated)'
-  WHERE name IN (SELECT 'user'||(1 + (i * 31) % {users}) FROM generate_series(1, {un}) i);
+UPDATE "user" SET about = about || ' (updated r{round})'
+  WHERE name IN (SELECT 'user'||(1 + (i * 31 + {shift}) % {users}) FROM generate_series(1, {un}) i);
 "#,
-            acts = n * 5,
-            un = ((users as f64) * percent / 100.0).ceil().max(1.0) as u32,
+            p = c.packages,
+            n = c.updated,
+            users = c.users,
+            start = c.start,
+            acts = c.updated * 5,
+            un = c.users_touched,
+            shift = c.shift,
+            first = CHURN_EPOCH,
         )
+    }
+
+    /// A query for the size of what churn round `round` changed or added, as row text (about
+    /// the COPY text of those rows): what an ideal incremental backup would have to store.
+    pub fn changed_bytes_sql(&self, percent: f64, round: u32) -> String {
+        let c = self.churn(percent, round);
+        format!(
+            r#"SELECT (SELECT coalesce(sum(length(p::text)), 0) FROM package p WHERE notes LIKE '% revised r{round}%')
+  + (SELECT coalesce(sum(length(a::text)), 0) FROM activity a
+     WHERE timestamp > {first} + {start} * interval '1 min' AND timestamp <= {first} + {end} * interval '1 min')
+  + (SELECT coalesce(sum(length(u::text)), 0) FROM "user" u WHERE about LIKE '%(updated r{round})%');"#,
+            first = CHURN_EPOCH,
+            start = c.start,
+            end = c.start + c.updated * 5,
+        )
+    }
+
+    fn churn(&self, percent: f64, round: u32) -> Churn {
+        let p = self.packages.max(10);
+        let users = (p / 10).max(3);
+        Churn {
+            packages: p,
+            updated: ((p as f64) * percent / 100.0).ceil().max(1.0) as u32,
+            users,
+            users_touched: ((users as f64) * percent / 100.0).ceil().max(1.0) as u32,
+            start: p * 5 + round * 100_000,
+            shift: round.saturating_sub(1) * 104_729,
+        }
     }
 
     /// Writes a few resource files under `dir`, CKAN's storage layout.
@@ -162,6 +195,20 @@ UPDATE "user" SET about = about || ' (updated)'
         }
         Ok(())
     }
+}
+
+/// Activity added by churn is dated from here, after every generated row.
+const CHURN_EPOCH: &str = "timestamp '2024-01-01'";
+
+/// What one churn round touches: `updated` packages (and 5 new activities each) and
+/// `users_touched` users, picked with `shift`; new activity numbers follow `start`.
+struct Churn {
+    packages: u32,
+    updated: u32,
+    users: u32,
+    users_touched: u32,
+    start: u32,
+    shift: u32,
 }
 
 /// Options for the demo.

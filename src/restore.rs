@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Categorized, Category};
 use crate::manifest::{self, DatabaseRecord, Manifest, ManifestError};
-use crate::pg::archive::ArchiveTap;
-use crate::pg::{Pg, PgError, Target};
+use crate::pg::archive::{ArchiveTap, TableData};
+use crate::pg::checksum::TableSum;
+use crate::pg::{PageRange, Pg, PgError, Target};
 use crate::vault::{Kind, Snapshot, Vault, VaultError, VaultReader};
 
 /// Restore errors. None carries a secret.
@@ -192,6 +193,9 @@ pub struct RestorePlan {
     pub jobs: usize,
     /// Only this site's backups (snapshot label) count for `latest`; None: every site's.
     pub site: Option<String>,
+    /// Tables with at least this much COPY text are loaded and read back by `jobs` sessions
+    /// at once; None: 64 MiB.
+    pub split_bytes: Option<u64>,
 }
 
 impl RestorePlan {
@@ -296,17 +300,18 @@ impl RestoreOutcome {
     }
 }
 
-/// Hashes and parses what goes into pg_restore.
-struct TeeWriter<W: Write> {
+/// Hashes and parses what goes into pg_restore, or into the loaders of a parallel load.
+struct TeeWriter<'a, W: Write> {
     inner: W,
     sha: Sha256,
     size: u64,
     tap: ArchiveTap,
-    /// Whether writing to pg_restore failed (it exited early).
+    /// Whether writing to pg_restore (or a loader) failed.
     write_failed: bool,
+    load: Option<ParallelLoad<'a>>,
 }
 
-impl<W: Write> Write for TeeWriter<W> {
+impl<W: Write> Write for TeeWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self
             .inner
@@ -314,7 +319,16 @@ impl<W: Write> Write for TeeWriter<W> {
             .inspect_err(|_| self.write_failed = true)?;
         self.sha.update(&buf[..n]);
         self.size += n as u64;
-        self.tap.feed(&buf[..n]);
+        match &mut self.load {
+            None => self.tap.feed(&buf[..n]),
+            Some(load) => {
+                self.tap.feed_into(&buf[..n], load);
+                if load.failed.is_some() {
+                    self.write_failed = true;
+                    return Err(io::Error::other("the parallel load stopped"));
+                }
+            }
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -322,7 +336,109 @@ impl<W: Write> Write for TeeWriter<W> {
     }
 }
 
+/// The data of a restore into a database of its own making, in parallel: the tables are
+/// created (and committed) from the archive's TOC as soon as it has streamed past, then each
+/// table's rows stream into COPY sessions as they arrive: `sessions` of them for a table of
+/// `split_bytes` or more, one for the others. Nothing waits on disk; a failure drops the
+/// database (see [`restore_database`]).
+struct ParallelLoad<'a> {
+    pg: &'a Pg,
+    target: &'a Target,
+    record: &'a DatabaseRecord,
+    filters: &'a [&'a str],
+    sessions: usize,
+    split_bytes: u64,
+    /// The archive without data, and the `--use-list` file of its non-row entries.
+    toc: Option<(Vec<u8>, Vec<u8>)>,
+    /// The table whose rows are streaming, and its loader.
+    loading: Option<(String, crate::pg::load::CopyLoader)>,
+    stderr: Vec<u8>,
+    failed: Option<String>,
+}
+
+impl ParallelLoad<'_> {
+    fn finish_table(&mut self) {
+        if let Some((_, loader)) = self.loading.take()
+            && let Err(e) = loader.finish()
+        {
+            self.failed.get_or_insert(e.to_string());
+        }
+    }
+
+    /// After the stream: sequence values and the like. Returns the TOC for post-data.
+    fn finish(mut self) -> Result<(Vec<u8>, Vec<u8>), String> {
+        self.finish_table();
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let (toc, list) = self
+            .toc
+            .ok_or_else(|| "the dump has no table of contents".to_string())?;
+        let more = self
+            .pg
+            .restore_data_without_rows(self.target, &toc, &list, self.filters)
+            .map_err(|e| e.to_string())?;
+        self.stderr.extend(more);
+        Ok((toc, self.stderr))
+    }
+}
+
+impl crate::pg::archive::DataSink for ParallelLoad<'_> {
+    fn head(&mut self, toc: &[u8], list: &[u8]) {
+        match self.pg.restore_pre_data(self.target, toc, self.filters) {
+            Ok(err) => self.stderr.extend(err),
+            Err(e) => {
+                self.failed.get_or_insert(e.to_string());
+            }
+        }
+        self.toc = Some((toc.to_vec(), list.to_vec()));
+    }
+
+    fn data(&mut self, table: &str, copy: &str, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        if self.loading.as_ref().is_some_and(|(t, _)| t != table) {
+            // Each table's data is one block, ended before the next; a dump that says
+            // otherwise still gets each table's rows into its own table.
+            self.finish_table();
+        }
+        if self.loading.is_none() {
+            let big = self
+                .record
+                .dump
+                .tables
+                .get(table)
+                .is_some_and(|t| t.sum.bytes >= self.split_bytes.max(1));
+            let sessions = if big { self.sessions } else { 1 };
+            let encoding = self.record.dump.encoding.as_deref();
+            match self.pg.copy_loader(self.target, copy, encoding, sessions) {
+                Ok(l) => self.loading = Some((table.to_string(), l)),
+                Err(e) => {
+                    self.failed = Some(e.to_string());
+                    return;
+                }
+            }
+        }
+        if let Some((_, l)) = &mut self.loading
+            && !l.feed(bytes)
+        {
+            self.finish_table();
+            self.failed
+                .get_or_insert(format!("loading {table} stopped"));
+        }
+    }
+
+    fn end(&mut self, _table: &str) {
+        self.finish_table();
+    }
+}
+
 /// Restores one database dump from a backup into `target` (created if missing).
+///
+/// A database it creates is loaded in parallel ([`ParallelLoad`]) and dropped again if that
+/// fails; an existing (empty) one gets everything in one transaction instead, so either way a
+/// failed load leaves nothing behind.
 pub fn restore_database(
     pg: &Pg,
     reader: &VaultReader,
@@ -348,85 +464,64 @@ pub fn restore_database(
         return Err(RestoreError::NotEmpty(target.conn.to_string()));
     }
     let clock = Instant::now();
-    // Tables and their data stream in one transaction, so a damaged or cut stream leaves
-    // nothing behind; indexes and constraints, the part that parallelises, come after it
-    // in `jobs` sessions, as `pg_restore --jobs` does from a file.
     let jobs = plan.post_data_jobs();
-    let mut extra: Vec<&str> = vec!["--single-transaction"];
-    if jobs > 1 {
-        extra.extend(["--section=pre-data", "--section=data"]);
-    }
-    if plan.clean {
-        extra.extend(["--clean", "--if-exists"]);
-    }
     // Without the cluster's roles, GRANTs (and the DataStore's default privileges) name
-    // roles the target may not have. The same filter applies to both restore steps.
+    // roles the target may not have. The same filter applies to every restore step.
     let filters: &[&str] = if !plan.keep_privileges && plan.globals.is_none() {
         &["--no-privileges"]
     } else {
         &[]
     };
-    extra.extend_from_slice(filters);
-    let mut child = pg.spawn_restore(target, &extra)?;
-    let stdin = child.stdin.take().expect("stdin piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let errs = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
-    let mut tee = TeeWriter {
-        inner: io::BufWriter::with_capacity(1 << 20, stdin),
-        sha: Sha256::new(),
-        size: 0,
-        tap: if jobs > 1 {
-            ArchiveTap::keeping_toc()
-        } else {
-            ArchiveTap::new()
-        },
-        write_failed: false,
-    };
-    let dumped = reader.dump(&backup.snapshot, &record.path, &mut tee);
-    let flushed = tee.flush();
-    let TeeWriter {
-        inner,
-        sha,
-        size,
-        mut tap,
-        write_failed,
-    } = tee;
-    drop(inner);
-    let status = child.wait().map_err(|source| RestoreError::Io {
-        path: "pg_restore".into(),
-        source,
-    })?;
-    let mut stderr = errs.join().unwrap_or_default();
-    if let Err(e) = &dumped
-        && !write_failed
+    let split_bytes = plan.split_bytes.unwrap_or(64 << 20);
+    // A database of our own making can be loaded by several sessions, since a failure can
+    // drop it again; into an existing one everything goes in one transaction instead.
+    let (toc, mut stderr, sha, size, tap) = if jobs > 1 && created && record.dump.large_objects == 0
     {
-        // The vault could not deliver the whole dump; pg_restore's complaint about a stream
-        // that ended early would hide that.
-        return Err(RestoreError::VaultRead {
-            path: record.path.clone(),
-            detail: e.to_string(),
-        });
-    }
-    if !status.success() {
-        return Err(RestoreError::PgRestore {
-            database: target.conn.to_string(),
-            detail: format!("{status}: {}", crate::pg::tools::last_lines(&stderr)),
-        });
-    }
-    dumped?;
-    flushed.map_err(|source| RestoreError::Io {
-        path: record.path.clone(),
-        source,
-    })?;
-    if jobs > 1 {
-        let toc = tap.take_toc().ok_or_else(|| RestoreError::PgRestore {
-            database: target.conn.to_string(),
-            detail: format!("{} has no table of contents", record.path),
-        })?;
+        let load = ParallelLoad {
+            pg,
+            target,
+            record,
+            filters,
+            sessions: jobs,
+            split_bytes,
+            toc: None,
+            loading: None,
+            stderr: Vec::new(),
+            failed: None,
+        };
+        match load_in_parallel(reader, backup, &record.path, load) {
+            Ok(done) => done,
+            Err(e) => {
+                let dropped = pg.drop_database(&target.with_dbname("postgres"), &dbname);
+                return Err(match (e, dropped) {
+                    (e, Ok(())) => e,
+                    (e, Err(d)) => RestoreError::PgRestore {
+                        database: target.conn.to_string(),
+                        detail: format!(
+                            "{e}; dropping the partly restored database failed too: {d}"
+                        ),
+                    },
+                });
+            }
+        }
+    } else {
+        load_in_one_transaction(
+            pg,
+            reader,
+            backup,
+            &record.path,
+            target,
+            plan,
+            jobs,
+            filters,
+        )?
+    };
+    log::debug!(
+        "{}: tables and rows restored in {:.1} s",
+        target.conn,
+        clock.elapsed().as_secs_f64()
+    );
+    if let Some(toc) = toc {
         let more = pg
             .restore_post_data(target, &toc, jobs, filters)
             .map_err(|e| RestoreError::PgRestore {
@@ -436,6 +531,11 @@ pub fn restore_database(
                 ),
             })?;
         stderr.extend(more);
+        log::debug!(
+            "{}: indexes and constraints built ({jobs} sessions) by {:.1} s",
+            target.conn,
+            clock.elapsed().as_secs_f64()
+        );
     }
     // What came out of the vault is compared with the manifest, table by table, so a damaged
     // or doctored dump names the tables it affects; the restored database is checked next.
@@ -469,7 +569,11 @@ pub fn restore_database(
     }
     let restore_seconds = clock.elapsed().as_secs_f64();
     let verify = Instant::now();
-    let (in_db, extra_tables) = verify_database(pg, target, record)?;
+    let read = ReadBack {
+        sessions: jobs.max(ReadBack::default().sessions),
+        split_bytes,
+    };
+    let (in_db, extra_tables) = verify_database(pg, target, record, &read)?;
     for m in in_db {
         if !mismatches
             .iter()
@@ -494,6 +598,142 @@ pub fn restore_database(
             .map(str::to_string)
             .collect(),
     })
+}
+
+/// What a database's data restore leaves for the steps after it: the archive's TOC when the
+/// post-data section is still to do, pg_restore's messages, the stream's SHA-256 and size, and
+/// the tap that summed its tables.
+type Loaded = (Option<Vec<u8>>, Vec<u8>, Sha256, u64, ArchiveTap);
+
+/// The data restore of [`ParallelLoad`]. An error leaves a partly restored database behind.
+fn load_in_parallel(
+    reader: &VaultReader,
+    backup: &Backup,
+    path: &str,
+    load: ParallelLoad<'_>,
+) -> Result<Loaded, RestoreError> {
+    let database = load.target.conn.to_string();
+    let mut tee = TeeWriter {
+        inner: io::sink(),
+        sha: Sha256::new(),
+        size: 0,
+        tap: ArchiveTap::new(),
+        write_failed: false,
+        load: Some(load),
+    };
+    let dumped = reader.dump(&backup.snapshot, path, &mut tee);
+    let TeeWriter {
+        sha,
+        size,
+        mut tap,
+        write_failed,
+        load,
+        ..
+    } = tee;
+    let mut load = load.expect("set above");
+    tap.end_into(&mut load);
+    if let Err(e) = &dumped
+        && !write_failed
+    {
+        return Err(RestoreError::VaultRead {
+            path: path.to_string(),
+            detail: e.to_string(),
+        });
+    }
+    let (toc, stderr) = load
+        .finish()
+        .map_err(|detail| RestoreError::PgRestore { database, detail })?;
+    Ok((Some(toc), stderr, sha, size, tap))
+}
+
+/// Tables and their data stream into one pg_restore in one transaction, so a damaged or cut
+/// stream leaves nothing behind; with `jobs` > 1 indexes and constraints come after it in
+/// `jobs` sessions, as `pg_restore --jobs` does from a file.
+#[allow(clippy::too_many_arguments)]
+fn load_in_one_transaction(
+    pg: &Pg,
+    reader: &VaultReader,
+    backup: &Backup,
+    path: &str,
+    target: &Target,
+    plan: &RestorePlan,
+    jobs: usize,
+    filters: &[&str],
+) -> Result<Loaded, RestoreError> {
+    let mut extra: Vec<&str> = vec!["--single-transaction"];
+    if jobs > 1 {
+        extra.extend(["--section=pre-data", "--section=data"]);
+    }
+    if plan.clean {
+        extra.extend(["--clean", "--if-exists"]);
+    }
+    extra.extend_from_slice(filters);
+    let mut child = pg.spawn_restore(target, &extra)?;
+    let stdin = child.stdin.take().expect("stdin piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let errs = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let mut tee = TeeWriter {
+        inner: io::BufWriter::with_capacity(1 << 20, stdin),
+        sha: Sha256::new(),
+        size: 0,
+        tap: if jobs > 1 {
+            ArchiveTap::keeping_toc()
+        } else {
+            ArchiveTap::new()
+        },
+        write_failed: false,
+        load: None,
+    };
+    let dumped = reader.dump(&backup.snapshot, path, &mut tee);
+    let flushed = tee.flush();
+    let TeeWriter {
+        inner,
+        sha,
+        size,
+        mut tap,
+        write_failed,
+        ..
+    } = tee;
+    drop(inner);
+    let status = child.wait().map_err(|source| RestoreError::Io {
+        path: "pg_restore".into(),
+        source,
+    })?;
+    let stderr = errs.join().unwrap_or_default();
+    if let Err(e) = &dumped
+        && !write_failed
+    {
+        // The vault could not deliver the whole dump; pg_restore's complaint about a stream
+        // that ended early would hide that.
+        return Err(RestoreError::VaultRead {
+            path: path.to_string(),
+            detail: e.to_string(),
+        });
+    }
+    if !status.success() {
+        return Err(RestoreError::PgRestore {
+            database: target.conn.to_string(),
+            detail: format!("{status}: {}", crate::pg::tools::last_lines(&stderr)),
+        });
+    }
+    dumped?;
+    flushed.map_err(|source| RestoreError::Io {
+        path: path.to_string(),
+        source,
+    })?;
+    let toc = if jobs > 1 {
+        Some(tap.take_toc().ok_or_else(|| RestoreError::PgRestore {
+            database: target.conn.to_string(),
+            detail: format!("{path} has no table of contents"),
+        })?)
+    } else {
+        None
+    };
+    Ok((toc, stderr, sha, size, tap))
 }
 
 fn check_stream(
@@ -522,17 +762,36 @@ fn check_stream(
     Ok(())
 }
 
+/// How a verification reads the restored tables back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadBack {
+    /// Concurrent COPY sessions.
+    pub sessions: usize,
+    /// Tables of at least this much COPY text are read in page ranges, one session each.
+    pub split_bytes: u64,
+}
+
+impl Default for ReadBack {
+    fn default() -> Self {
+        Self {
+            sessions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            split_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Compares every manifest table with the restored database; also lists extra tables.
 pub fn verify_database(
     pg: &Pg,
     target: &Target,
     record: &DatabaseRecord,
+    read: &ReadBack,
 ) -> Result<(Vec<TableMismatch>, Vec<String>), RestoreError> {
     let present = pg.list_tables(target)?;
     let mut mismatches = Vec::new();
     // Largest tables first, over as many psql sessions as there are cores: each COPY is
     // bound by one server backend, so verification scales with parallel sessions.
-    let mut work: Vec<(&String, &crate::pg::archive::TableData)> = Vec::new();
+    let mut work: Vec<(&String, &TableData)> = Vec::new();
     for (name, table) in &record.dump.tables {
         if present.iter().any(|p| unquote(p) == unquote(name)) {
             work.push((name, table));
@@ -543,40 +802,47 @@ pub fn verify_database(
             });
         }
     }
-    work.sort_by_key(|(_, t)| std::cmp::Reverse(t.sum.bytes));
-    let jobs = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(work.len().max(1));
+    let work = read_parts(pg, target, work, read)?;
+    let jobs = read.sessions.clamp(1, work.len().max(1));
     let queue = std::sync::Mutex::new(work.into_iter());
-    let found = std::sync::Mutex::new(Vec::new());
+    let sums: std::sync::Mutex<BTreeMap<&String, Result<TableSum, String>>> = Default::default();
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
                 loop {
                     let next = queue.lock().expect("queue").next();
-                    let Some((name, table)) = next else { break };
-                    let problem =
-                        match pg.copy_sum(target, &table.copy, record.dump.encoding.as_deref()) {
-                            Ok(sum) if sum == table.sum => None,
-                            Ok(sum) if sum.rows != table.sum.rows => Some(format!(
-                                "{} rows, manifest says {}",
-                                sum.rows, table.sum.rows
-                            )),
-                            Ok(_) => Some("checksum differs (same row count)".to_string()),
-                            Err(e) => Some(format!("cannot read: {e}")),
-                        };
-                    if let Some(detail) = problem {
-                        found.lock().expect("found").push(TableMismatch {
-                            table: name.clone(),
-                            detail,
-                        });
+                    let Some((name, table, part)) = next else {
+                        break;
+                    };
+                    let sum = pg
+                        .copy_sum(target, &table.copy, record.dump.encoding.as_deref(), part)
+                        .map_err(|e| e.to_string());
+                    let mut sums = sums.lock().expect("sums");
+                    match (sums.entry(name).or_insert(Ok(TableSum::default())), sum) {
+                        (Ok(total), Ok(sum)) => total.merge(sum),
+                        (total @ Ok(_), Err(e)) => *total = Err(e),
+                        (Err(_), _) => {}
                     }
                 }
             });
         }
     });
-    let mut found = found.into_inner().expect("found");
-    found.sort_by(|a, b| a.table.cmp(&b.table));
+    let mut found = Vec::new();
+    for (name, sum) in sums.into_inner().expect("sums") {
+        let expected = &record.dump.tables[name].sum;
+        let detail = match sum {
+            Ok(sum) if sum == *expected => continue,
+            Ok(sum) if sum.rows != expected.rows => {
+                format!("{} rows, manifest says {}", sum.rows, expected.rows)
+            }
+            Ok(_) => "checksum differs (same row count)".to_string(),
+            Err(e) => format!("cannot read: {e}"),
+        };
+        found.push(TableMismatch {
+            table: name.clone(),
+            detail,
+        });
+    }
     mismatches.extend(found);
     let known: Vec<String> = record.dump.tables.keys().map(|k| unquote(k)).collect();
     let extra = present
@@ -584,6 +850,39 @@ pub fn verify_database(
         .filter(|p| !known.contains(&unquote(p)))
         .collect();
     Ok((mismatches, extra))
+}
+
+/// One read of a verification: a table, and which of its pages (None: all).
+type ReadPart<'a> = (&'a String, &'a TableData, Option<PageRange>);
+
+/// The reads of a verification, largest first: each COPY is bound by one server backend,
+/// and on CKAN sites one table (`activity`) holds most of the data, so a big table is read
+/// in page ranges by up to `sessions` sessions at once (a TID range scan each, PostgreSQL 14+),
+/// half of `split_bytes` or more each.
+fn read_parts<'a>(
+    pg: &Pg,
+    target: &Target,
+    tables: Vec<(&'a String, &'a TableData)>,
+    read: &ReadBack,
+) -> Result<Vec<ReadPart<'a>>, RestoreError> {
+    let big = |t: &TableData| t.sum.bytes >= read.split_bytes.max(1);
+    let splits = read.sessions > 1
+        && tables.iter().any(|(_, t)| big(t))
+        && pg.server_info(target)?.version_num >= 140_000;
+    let mut work = Vec::new();
+    for (name, table) in tables {
+        let parts = (table.sum.bytes / (read.split_bytes / 2).max(1)).min(read.sessions as u64);
+        if !splits || !big(table) || parts < 2 {
+            work.push((table.sum.bytes, (name, table, None)));
+            continue;
+        }
+        let pages = pg.table_pages(target, &table.copy)?;
+        for part in PageRange::split(pages, parts) {
+            work.push((table.sum.bytes / parts, (name, table, Some(part))));
+        }
+    }
+    work.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+    Ok(work.into_iter().map(|(_, w)| w).collect())
 }
 
 /// pg_dump quotes names that need it (`public."user"`); the catalog does not.

@@ -13,9 +13,9 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     packages: u32,
     /// Print the sample site's SQL instead of running the demo (for bench/run)
-    #[arg(long, value_name = "PART", value_parser = ["main", "datastore", "churn"], hide = true)]
+    #[arg(long, value_name = "PART", value_parser = ["main", "datastore", "churn", "changed"], hide = true)]
     print_sql: Option<String>,
-    /// Churn round for --print-sql churn
+    /// Churn round for --print-sql churn and changed
     #[arg(long, default_value_t = 1, hide = true)]
     round: u32,
 }
@@ -27,6 +27,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
     match args.print_sql.as_deref() {
         Some("main") => print!("{}", site.main_sql()),
         Some("datastore") => print!("{}", site.datastore_sql()),
+        Some("changed") => println!("{}", site.changed_bytes_sql(1.0, args.round)),
         Some(_) => print!("{}", site.churn_sql(1.0, args.round)),
         None => {
             super::interrupt::remove_scratch_clusters_on_signal();

@@ -28,8 +28,8 @@ pub struct Args {
     /// Percent of storage files to read back and hash [default: [drill] storage-sample or 100]
     #[arg(long, value_name = "PERCENT")]
     storage_sample: Option<f64>,
-    /// Sessions that build indexes and constraints in parallel [default: [database] jobs,
-    /// else one per core]
+    /// Sessions that load big tables, read them back and build indexes in parallel
+    /// [default: [database] jobs, else one per core]
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
     /// List past drills instead of running one

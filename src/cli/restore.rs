@@ -47,8 +47,9 @@ pub struct Args {
     /// Do not re-apply the token revocations recorded in the vault to the restored database
     #[arg(long)]
     keep_revoked_tokens: bool,
-    /// Sessions that build indexes and constraints in parallel [default: [database] jobs,
-    /// else one per core]; 1 restores each database in a single transaction
+    /// Sessions that load big tables, read them back and build indexes in parallel
+    /// [default: [database] jobs, else one per core]; 1 restores each database in a single
+    /// transaction
     #[arg(long, short = 'j', value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     jobs: Option<u16>,
 }
@@ -116,6 +117,7 @@ pub fn run(g: &Global, args: Args) -> Result<ExitCode> {
             .or(config.database.jobs)
             .unwrap_or(0),
         site: args.site.clone(),
+        split_bytes: None,
     };
     let vault = super::open_vault_with_progress(g, &loaded)?;
     let pg = ckan_vault::pg::Pg::new()?;

@@ -79,6 +79,26 @@ struct Entry {
     has_data: bool,
 }
 
+/// Where a tap hands the archive as it streams past: a parallel restore's loaders.
+pub trait DataSink {
+    /// The header and TOC are parsed, before any data: `toc` is a complete archive of every
+    /// entry without data (pre-data, post-data, sequence values); `list` is a
+    /// `pg_restore --use-list` file naming all of them but table data and large objects.
+    fn head(&mut self, toc: &[u8], list: &[u8]);
+    /// The next bytes of a table's COPY text, cut anywhere (not at row boundaries).
+    /// `copy` is pg_dump's `COPY … FROM stdin;` for it.
+    fn data(&mut self, table: &str, copy: &str, bytes: &[u8]);
+    /// That table's data is complete.
+    fn end(&mut self, table: &str);
+}
+
+/// For a tap that only checks.
+impl DataSink for () {
+    fn head(&mut self, _: &[u8], _: &[u8]) {}
+    fn data(&mut self, _: &str, _: &str, _: &[u8]) {}
+    fn end(&mut self, _: &str) {}
+}
+
 /// A push parser fed with the dump's bytes in whatever pieces they arrive.
 #[derive(Debug)]
 pub struct ArchiveTap {
@@ -130,30 +150,50 @@ impl ArchiveTap {
     /// The header and table of contents, once the stream got past them (see
     /// [`ArchiveTap::keeping_toc`]).
     pub fn take_toc(&mut self) -> Option<Vec<u8>> {
-        if matches!(self.state, State::Head) {
-            // A small archive may have ended before the buffer grew to the next parse.
-            self.try_head();
-        }
+        self.end_into(&mut ());
         self.toc.take()
     }
 
     /// Feeds the next bytes of the stream. After an error, further input is ignored and the
     /// error is returned again by [`ArchiveTap::finish`].
-    pub fn feed(&mut self, mut data: &[u8]) {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.feed_into(data, &mut ());
+    }
+
+    /// [`ArchiveTap::feed`], also handing the archive to `sink`.
+    pub fn feed_into(&mut self, data: &[u8], sink: &mut dyn DataSink) {
+        if matches!(self.state, State::Head) {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= self.next_try {
+                // What followed the TOC in the buffer is parsed next.
+                let rest = self.try_head(sink);
+                self.feed_blocks(&rest, sink);
+            }
+        } else {
+            self.feed_blocks(data, sink);
+        }
+    }
+
+    /// The stream ended: a small archive may have ended before the buffer grew to the next
+    /// parse of the header, so parse it now and hand what follows to `sink`.
+    pub fn end_into(&mut self, sink: &mut dyn DataSink) {
+        if matches!(self.state, State::Head) {
+            let rest = self.try_head(sink);
+            self.feed_blocks(&rest, sink);
+        }
+    }
+
+    fn feed_blocks(&mut self, mut data: &[u8], sink: &mut dyn DataSink) {
         while !data.is_empty() {
             match &mut self.state {
-                State::Failed(_) => return,
-                State::Head => {
-                    self.buf.extend_from_slice(data);
-                    data = &[];
-                    if self.buf.len() >= self.next_try {
-                        self.try_head();
-                    }
-                }
+                State::Failed(_) | State::Head => return,
                 State::Chunk { id, blob, left } => {
                     let n = (*left).min(data.len());
                     if !*blob {
                         self.seen.entry(*id).or_default().feed(&data[..n]);
+                        if let Some(e) = self.entries.get(id).filter(|e| e.desc == "TABLE DATA") {
+                            sink.data(&e.key, &e.copy, &data[..n]);
+                        }
                     } else {
                         self.summary.large_object_bytes += n as u64;
                     }
@@ -171,7 +211,7 @@ impl ArchiveTap {
                     self.buf.extend_from_slice(&data[..take]);
                     data = &data[take..];
                     if self.buf.len() == need {
-                        self.step();
+                        self.step(sink);
                     }
                 }
             }
@@ -198,7 +238,7 @@ impl ArchiveTap {
         self.state = State::Failed(e);
     }
 
-    fn step(&mut self) {
+    fn step(&mut self, sink: &mut dyn DataSink) {
         let buf = std::mem::take(&mut self.buf);
         match self.state {
             State::BlockStart => {
@@ -224,6 +264,9 @@ impl ArchiveTap {
                     } else {
                         self.seen.entry(id).or_default();
                         self.blocks_done.push(id);
+                        if let Some(e) = self.entries.get(&id).filter(|e| e.desc == "TABLE DATA") {
+                            sink.end(&e.key);
+                        }
                         self.state = State::BlockStart;
                     }
                 } else {
@@ -250,7 +293,8 @@ impl ArchiveTap {
         self.buf.clear();
     }
 
-    fn try_head(&mut self) {
+    /// Parses the header and TOC once the buffer holds them; returns the bytes after them.
+    fn try_head(&mut self, sink: &mut dyn DataSink) -> Vec<u8> {
         let mut cur = Cursor {
             data: &self.buf,
             pos: 0,
@@ -266,9 +310,10 @@ impl ArchiveTap {
                 self.summary = summary;
                 self.entries = entries;
                 self.int_size = int_size;
+                sink.head(&self.buf[..cur.pos], &self.list_without_table_data());
                 self.buf.clear();
                 self.state = State::BlockStart;
-                self.feed(&rest);
+                return rest;
             }
             Err(HeadError::Incomplete) => {
                 // Re-parse only after the buffer doubled: the TOC of a big schema is megabytes.
@@ -276,12 +321,29 @@ impl ArchiveTap {
             }
             Err(HeadError::Bad(e)) => self.fail(e),
         }
+        Vec::new()
+    }
+
+    /// See [`DataSink::head`]: with `--section=data` the list restores what the data section
+    /// holds besides rows, such as sequence values.
+    fn list_without_table_data(&self) -> Vec<u8> {
+        let mut ids: Vec<i64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.desc != "TABLE DATA" && !e.desc.contains("BLOB"))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.iter()
+            .map(|id| format!("{id}\n"))
+            .collect::<String>()
+            .into_bytes()
     }
 
     /// Ends the stream: checks that every table's data arrived and returns the summary.
     pub fn finish(mut self) -> Result<ArchiveSummary, ArchiveError> {
         if matches!(self.state, State::Head) {
-            self.try_head();
+            self.end_into(&mut ());
             if matches!(self.state, State::Head) {
                 return Err(ArchiveError::Truncated(format!(
                     "only {} bytes, the header or table of contents is incomplete",

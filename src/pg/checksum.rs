@@ -33,6 +33,14 @@ impl LineSummer {
 }
 
 impl TableSum {
+    /// Adds the sum of a disjoint part of the same table. The checksum is a sum, so a table
+    /// read in parts (one session each, to use every core) sums to what it sums to whole.
+    pub fn merge(&mut self, part: TableSum) {
+        self.rows += part.rows;
+        self.bytes += part.bytes;
+        self.checksum = self.checksum.wrapping_add(part.checksum);
+    }
+
     fn add_line(&mut self, line: &[u8]) {
         self.rows += 1;
         self.bytes += line.len() as u64 + 1;
@@ -116,6 +124,17 @@ mod tests {
         assert_ne!(a.checksum, changed.checksum);
         let empty = sum(&[]);
         assert_eq!((empty.rows, empty.checksum), (0, 0));
+    }
+
+    #[test]
+    fn parts_merge_to_the_whole() {
+        let whole = sum(&[b"1\talice\n2\tbob\n3\tcarol\n"]);
+        let mut parts = sum(&[b"3\tcarol\n"]);
+        parts.merge(sum(&[b"1\talice\n2\tbob\n"]));
+        assert_eq!(parts, whole);
+        let mut short = sum(&[b"3\tcarol\n"]);
+        short.merge(sum(&[b"1\talice\n"]));
+        assert_ne!(short, whole);
     }
 
     #[test]

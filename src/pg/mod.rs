@@ -8,6 +8,7 @@ pub mod archive;
 pub mod checksum;
 pub mod cluster;
 pub mod conninfo;
+pub mod load;
 pub mod tools;
 
 use std::io::Read;
@@ -221,10 +222,9 @@ impl Pg {
     ///
     /// `pg_restore --jobs` needs a seekable archive, and a stream from the vault is not one;
     /// but post-data entries carry no data, so the TOC alone is a complete archive for them.
-    /// It lives in an anonymous memory file (memfd) that the child opens as
-    /// `/proc/self/fd/N`: nothing is written to disk. `extra` must repeat the options of the
-    /// data restore that filter entries (`--no-privileges`): GRANTs and default privileges
-    /// are post-data entries too. Returns pg_restore's stderr.
+    /// `extra` must repeat the options of the data restore that filter entries
+    /// (`--no-privileges`): GRANTs and default privileges are post-data entries too. Returns
+    /// pg_restore's stderr.
     pub fn restore_post_data(
         &self,
         t: &Target,
@@ -232,43 +232,69 @@ impl Pg {
         jobs: usize,
         extra: &[&str],
     ) -> Result<Vec<u8>, PgError> {
-        use std::io::Write;
-        use std::os::fd::{AsRawFd, FromRawFd};
-        use std::os::unix::process::CommandExt;
-
-        // SAFETY: the name is a NUL-terminated literal; the result is checked below.
-        let fd = unsafe { libc::memfd_create(c"ckan-vault-toc".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(PgError::Io(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-        file.write_all(toc).map_err(PgError::Io)?;
-        let raw = file.as_raw_fd();
         let jobs = jobs.max(1).to_string();
-        let path = format!("/proc/self/fd/{raw}");
         let mut args = vec!["--section=post-data", "--jobs", &jobs];
         args.extend_from_slice(extra);
-        let mut c = self.restore_command(t, &args)?;
-        c.arg(&path).stdin(Stdio::null());
-        // SAFETY: fcntl is async-signal-safe; it only clears close-on-exec on our memfd in
-        // the child, so that pg_restore (through runuser, too) inherits it.
-        unsafe {
-            c.pre_exec(move || {
-                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        self.restore_toc(t, toc, None, &args, "post-data")
+    }
+
+    /// Creates the tables, types and functions (the pre-data section) of the archive whose
+    /// header and table of contents are `toc`, in one transaction. Returns pg_restore's stderr.
+    pub fn restore_pre_data(
+        &self,
+        t: &Target,
+        toc: &[u8],
+        extra: &[&str],
+    ) -> Result<Vec<u8>, PgError> {
+        let mut args = vec!["--section=pre-data", "--single-transaction"];
+        args.extend_from_slice(extra);
+        self.restore_toc(t, toc, None, &args, "pre-data")
+    }
+
+    /// Restores what the data section holds besides table rows (sequence values) from the
+    /// TOC alone; `list` names the entries (a `--use-list` file without table data).
+    pub fn restore_data_without_rows(
+        &self,
+        t: &Target,
+        toc: &[u8],
+        list: &[u8],
+        extra: &[&str],
+    ) -> Result<Vec<u8>, PgError> {
+        let mut args = vec!["--section=data", "--single-transaction"];
+        args.extend_from_slice(extra);
+        self.restore_toc(t, toc, Some(list), &args, "sequence values")
+    }
+
+    /// Runs pg_restore on an archive that is only `toc`, with an optional `--use-list` file.
+    ///
+    /// Both live in anonymous memory files (memfd) that the child opens as
+    /// `/proc/self/fd/N`: nothing is written to disk.
+    fn restore_toc(
+        &self,
+        t: &Target,
+        toc: &[u8],
+        list: Option<&[u8]>,
+        args: &[&str],
+        what: &str,
+    ) -> Result<Vec<u8>, PgError> {
+        let archive = MemFile::new(c"ckan-vault-toc", toc)?;
+        let list = list
+            .map(|l| MemFile::new(c"ckan-vault-list", l))
+            .transpose()?;
+        let mut c = self.restore_command(t, args)?;
+        if let Some(list) = &list {
+            c.arg("--use-list").arg(list.path());
+            list.inherit(&mut c);
         }
+        c.arg(archive.path()).stdin(Stdio::null());
+        archive.inherit(&mut c);
         let out = c.output().map_err(|source| PgError::Spawn {
             program: "pg_restore".into(),
             source,
         })?;
-        drop(file);
         if !out.status.success() {
             return Err(PgError::Failed {
-                program: "pg_restore (post-data)".into(),
+                program: format!("pg_restore ({what})"),
                 status: out.status.to_string(),
                 stderr: tools::last_lines(&out.stderr),
             });
@@ -338,24 +364,37 @@ impl Pg {
             .collect())
     }
 
+    /// Heap pages of the table of pg_dump's `COPY schema."name" (…) FROM stdin;`, for
+    /// splitting its read.
+    pub fn table_pages(&self, t: &Target, copy_from: &str) -> Result<u64, PgError> {
+        let table = split_copy_head(copy_from)
+            .map(|(table, _)| table)
+            .ok_or_else(|| PgError::Unexpected(format!("not a COPY statement: {copy_from}")))?;
+        let out = self.query(
+            t,
+            &format!(
+                "SELECT pg_relation_size({}::regclass) / current_setting('block_size')::bigint",
+                literal(table)
+            ),
+        )?;
+        out.trim()
+            .parse()
+            .map_err(|_| PgError::Unexpected(format!("page count of {table}: {out}")))
+    }
+
     /// Sums a table's rows exactly as the manifest did, from `COPY … TO STDOUT`.
     ///
     /// `copy_from` is pg_dump's `COPY schema.table (cols) FROM stdin;` so that the column list
-    /// matches the dump's; `encoding` is the dumped database's encoding.
+    /// matches the dump's; `encoding` is the dumped database's encoding. With `part`, only
+    /// the rows in that range of heap pages (a TID range scan, PostgreSQL 14 and later).
     pub fn copy_sum(
         &self,
         t: &Target,
         copy_from: &str,
         encoding: Option<&str>,
+        part: Option<PageRange>,
     ) -> Result<TableSum, PgError> {
-        let head = copy_from
-            .trim()
-            .strip_suffix("FROM stdin;")
-            .ok_or_else(|| PgError::Unexpected(format!("not a COPY statement: {copy_from}")))?;
-        let enc = encoding
-            .map(|e| format!(" WITH (ENCODING {})", literal(e)))
-            .unwrap_or_default();
-        let sql = format!("{head}TO STDOUT{enc}");
+        let sql = copy_to_stdout(copy_from, encoding, part)?;
         let mut c = self.command(t, "psql")?;
         c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
             .arg(t.conn.to_conninfo())
@@ -402,6 +441,122 @@ impl Pg {
     }
 }
 
+/// An anonymous memory file that a child process inherits and opens by path.
+struct MemFile {
+    file: std::fs::File,
+}
+
+impl MemFile {
+    fn new(name: &std::ffi::CStr, contents: &[u8]) -> Result<Self, PgError> {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        // SAFETY: `name` is NUL-terminated; the result is checked below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(PgError::Io(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(contents).map_err(PgError::Io)?;
+        Ok(Self { file })
+    }
+
+    fn path(&self) -> String {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}", self.file.as_raw_fd())
+    }
+
+    /// Lets `c`'s process (through runuser, too) inherit the descriptor.
+    fn inherit(&self, c: &mut Command) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let raw = self.file.as_raw_fd();
+        // SAFETY: fcntl is async-signal-safe; it only clears close-on-exec on our memfd in
+        // the child.
+        unsafe {
+            c.pre_exec(move || {
+                if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
+/// A range of a table's heap pages: `start` up to `end` (exclusive), or to the table's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+impl PageRange {
+    /// `parts` ranges that cover a table of `pages` pages; the last one is open, so rows in
+    /// pages the count did not see are still read.
+    pub fn split(pages: u64, parts: u64) -> Vec<PageRange> {
+        let parts = parts.clamp(1, pages.max(1));
+        let step = pages.div_ceil(parts).max(1);
+        (0..parts)
+            .map(|i| PageRange {
+                start: i * step,
+                end: (i + 1 < parts).then_some((i + 1) * step),
+            })
+            .collect()
+    }
+}
+
+/// `COPY … TO STDOUT` for the rows pg_dump's `COPY … FROM stdin;` statement loaded, with
+/// the same columns in the same text format; with `part`, only the rows in those pages.
+fn copy_to_stdout(
+    copy_from: &str,
+    encoding: Option<&str>,
+    part: Option<PageRange>,
+) -> Result<String, PgError> {
+    let not_copy = || PgError::Unexpected(format!("not a COPY statement: {copy_from}"));
+    let head = copy_from
+        .trim()
+        .strip_suffix("FROM stdin;")
+        .ok_or_else(not_copy)?;
+    let enc = encoding
+        .map(|e| format!(" WITH (ENCODING {})", literal(e)))
+        .unwrap_or_default();
+    let Some(part) = part else {
+        return Ok(format!("{head}TO STDOUT{enc}"));
+    };
+    let (table, columns) = split_copy_head(head).ok_or_else(not_copy)?;
+    let columns = columns
+        .strip_prefix('(')
+        .and_then(|c| c.strip_suffix(')'))
+        .unwrap_or("*");
+    let end = part
+        .end
+        .map(|e| format!(" AND ctid < '({e},0)'::tid"))
+        .unwrap_or_default();
+    // ONLY: COPY of a table never includes rows of tables that inherit from it.
+    Ok(format!(
+        "COPY (SELECT {columns} FROM ONLY {table} WHERE ctid >= '({},0)'::tid{end}) TO STDOUT{enc}",
+        part.start
+    ))
+}
+
+/// `COPY schema."name" (a, b) ` into the table name and the column list (may be empty).
+fn split_copy_head(head: &str) -> Option<(&str, &str)> {
+    let rest = head.trim().strip_prefix("COPY ")?.trim_start();
+    let mut quoted = false;
+    let end = rest
+        .char_indices()
+        .find(|&(_, c)| {
+            if c == '"' {
+                quoted = !quoted;
+            }
+            !quoted && c.is_whitespace()
+        })
+        .map_or(rest.len(), |(i, _)| i);
+    let (table, columns) = rest.split_at(end);
+    (!table.is_empty() && !quoted).then(|| (table, columns.trim()))
+}
+
 /// An SQL identifier, quoted.
 pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -410,4 +565,59 @@ pub fn ident(name: &str) -> String {
 /// An SQL string literal, quoted.
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_table_copies_as_dumped() {
+        let sql = copy_to_stdout("COPY public.package (id, name) FROM stdin;", None, None);
+        assert_eq!(sql.unwrap(), "COPY public.package (id, name) TO STDOUT");
+    }
+
+    #[test]
+    fn a_part_selects_the_dumped_columns_from_its_pages_only() {
+        let part = PageRange {
+            start: 10,
+            end: Some(20),
+        };
+        let sql = copy_to_stdout(
+            "COPY public.\"user\" (id, \"full name\") FROM stdin;",
+            Some("UTF8"),
+            Some(part),
+        );
+        assert_eq!(
+            sql.unwrap(),
+            "COPY (SELECT id, \"full name\" FROM ONLY public.\"user\" \
+             WHERE ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid) TO STDOUT WITH (ENCODING 'UTF8')"
+        );
+        let open = PageRange {
+            start: 20,
+            end: None,
+        };
+        let sql = copy_to_stdout("COPY s.\"a b\"  FROM stdin;", None, Some(open)).unwrap();
+        assert_eq!(
+            sql,
+            "COPY (SELECT * FROM ONLY s.\"a b\" WHERE ctid >= '(20,0)'::tid) TO STDOUT"
+        );
+        assert!(copy_to_stdout("SELECT 1", None, Some(open)).is_err());
+        assert!(copy_to_stdout("COPY \"unclosed FROM stdin;", None, Some(open)).is_err());
+    }
+
+    #[test]
+    fn page_ranges_cover_the_table_without_overlap() {
+        for (pages, parts) in [(0, 2), (1, 2), (7, 2), (100, 3), (5, 8)] {
+            let ranges = PageRange::split(pages, parts);
+            assert!(!ranges.is_empty() && ranges.len() as u64 <= parts.max(1));
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, None, "the last range is open");
+            for w in ranges.windows(2) {
+                assert_eq!(w[0].end, Some(w[1].start), "{pages} pages in {parts}");
+                assert!(w[0].start < w[1].start);
+            }
+        }
+        assert_eq!(PageRange::split(100, 3).len(), 3);
+    }
 }

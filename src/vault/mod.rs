@@ -220,6 +220,10 @@ fn chunking() -> ConfigOptions {
     c.set_chunk_max_size = Some(bytesize::ByteSize::mib(2));
     // restic's 16 MiB packs rather than rustic's 32 MiB (fewer bytes in flight per pack).
     c.set_datapack_size = Some(bytesize::ByteSize::mib(16));
+    // zstd level 1 instead of the default 3: on the benchmark's 1.6 GB CKAN dump it used 8 %
+    // less CPU and gave a 6 % smaller vault (204 against 217 MiB; 64 KiB chunks of JSON-heavy
+    // COPY text), in five alternating pairs of runs. Negative (faster) levels doubled the size.
+    c.set_compression = Some(1);
     c
 }
 
@@ -230,6 +234,8 @@ fn chunking() -> ConfigOptions {
 /// (a [`VaultReader`] gives it back when dropped).
 pub struct Vault {
     name: String,
+    /// A REST or object-store vault: every read is a network request.
+    remote: bool,
     repo: Mutex<Option<Repository<OpenStatus>>>,
 }
 
@@ -304,6 +310,7 @@ impl Vault {
     fn from_repo(cfg: &VaultConfig, repo: Repository<OpenStatus>) -> Self {
         Self {
             name: cfg.shown(),
+            remote: !is_local(&cfg.repository),
             repo: Mutex::new(Some(repo)),
         }
     }
@@ -571,7 +578,88 @@ impl VaultReader<'_> {
 
     /// Streams a file node into `w`.
     pub fn dump_node(&self, node: &Node, w: &mut impl Write) -> Result<(), VaultError> {
-        self.repo().dump(node, w).map_err(|e| self.err(e))
+        match node.content.as_deref() {
+            Some(blobs) if self.vault.remote && blobs.len() > 1 => self.dump_prefetching(blobs, w),
+            _ => self.repo().dump(node, w).map_err(|e| self.err(e)),
+        }
+    }
+
+    /// rustic_core's dump reads one blob per request, as many at a time as there are cores:
+    /// from S3 that measured 375 s for a 1.6 GB dump of 64 KiB chunks on 2 cores (restic, with
+    /// 1 MiB chunks, 76 s). Here `REMOTE_READS` requests are in flight, and the blobs are
+    /// written in order from a bounded window, so memory stays a few megabytes.
+    fn dump_prefetching(
+        &self,
+        blobs: &[rustic_core::DataId],
+        w: &mut impl Write,
+    ) -> Result<(), VaultError> {
+        use std::collections::BTreeMap;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::mpsc::sync_channel;
+
+        let repo = self.repo();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        // Each fetcher may run ahead of the writer by at most the window.
+        let written = std::sync::Mutex::new(0usize);
+        let moved = std::sync::Condvar::new();
+        let (tx, rx) = sync_channel(REMOTE_READS);
+        std::thread::scope(|s| -> Result<(), VaultError> {
+            for _ in 0..REMOTE_READS {
+                let tx = tx.clone();
+                let (next, stop, written, moved) = (&next, &stop, &written, &moved);
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::SeqCst);
+                        if i >= blobs.len() || stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        {
+                            let mut done = written.lock().expect("window");
+                            while i >= *done + REMOTE_WINDOW && !stop.load(Ordering::SeqCst) {
+                                done = moved.wait(done).expect("window");
+                            }
+                        }
+                        let blob = repo.get_blob_cached(
+                            &rustic_core::BlobId::from(*blobs[i]),
+                            rustic_core::repofile::BlobType::Data,
+                        );
+                        if tx.send((i, blob)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut pending = BTreeMap::new();
+            let mut want = 0usize;
+            let result = (|| {
+                for (i, blob) in rx.iter() {
+                    pending.insert(i, blob);
+                    while let Some(blob) = pending.remove(&want) {
+                        let data = blob.map_err(|e| self.err(e))?;
+                        w.write_all(&data)
+                            .map_err(|e| VaultError::Write(e.to_string()))?;
+                        want += 1;
+                        *written.lock().expect("window") = want;
+                        moved.notify_all();
+                    }
+                }
+                if want < blobs.len() {
+                    return Err(VaultError::Write(format!(
+                        "{} of {} blobs arrived",
+                        want,
+                        blobs.len()
+                    )));
+                }
+                Ok(())
+            })();
+            stop.store(true, Ordering::SeqCst);
+            moved.notify_all();
+            // Let blocked fetchers finish their sends.
+            for _ in rx.iter() {}
+            result
+        })
     }
 
     /// Reads a small file of a snapshot into memory (at most `limit` bytes).
@@ -620,6 +708,11 @@ impl VaultReader<'_> {
         Ok(())
     }
 }
+
+/// Blob reads in flight when dumping from a remote vault.
+const REMOTE_READS: usize = 16;
+/// How far ahead of the writer those reads may run, in blobs (64 KiB on average).
+const REMOTE_WINDOW: usize = 32;
 
 struct LimitedVec {
     buf: Vec<u8>,
