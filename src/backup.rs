@@ -211,13 +211,10 @@ struct StreamTap {
 impl StreamTap {
     fn new(slot: Slot, mut child: Child, program: &'static str, parse_archive: bool) -> Self {
         let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().map(|mut e| {
-            std::thread::spawn(move || {
-                let mut v = Vec::new();
-                let _ = e.read_to_end(&mut v);
-                v
-            })
-        });
+        let stderr = child
+            .stderr
+            .take()
+            .map(crate::pg::tools::read_in_background);
         Self {
             slot,
             child,

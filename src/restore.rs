@@ -6,7 +6,7 @@
 //! summed with `COPY … TO STDOUT` and compared with the manifest.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -670,12 +670,7 @@ fn load_in_one_transaction(
     extra.extend_from_slice(filters);
     let mut child = pg.spawn_restore(target, &extra)?;
     let stdin = child.stdin.take().expect("stdin piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let errs = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
+    let errs = crate::pg::tools::read_in_background(child.stderr.take().expect("stderr piped"));
     let mut tee = TeeWriter {
         inner: io::BufWriter::with_capacity(1 << 20, stdin),
         sha: Sha256::new(),
@@ -911,12 +906,7 @@ pub fn restore_globals(
     };
     let mut child = pg.spawn_sql(admin)?;
     let stdin = child.stdin.take().expect("stdin piped");
-    let mut stderr = child.stderr.take().expect("stderr piped");
-    let errs = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = stderr.read_to_end(&mut v);
-        v
-    });
+    let errs = crate::pg::tools::read_in_background(child.stderr.take().expect("stderr piped"));
     let mut w = HashingWriter {
         inner: stdin,
         sha: Sha256::new(),

@@ -66,13 +66,10 @@ pub fn run(pg: &Pg, target: &Target, out: &mut impl Write) -> Result<DumpOutcome
         source,
     })?;
     let mut stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = e.read_to_end(&mut v);
-            v
-        })
-    });
+    let stderr = child
+        .stderr
+        .take()
+        .map(crate::pg::tools::read_in_background);
     let mut tap = ArchiveTap::new();
     let mut sha = Sha256::new();
     let mut bytes = 0u64;

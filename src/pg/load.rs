@@ -6,7 +6,7 @@
 //! processes, each fed by a thread from a small bounded queue, so memory stays a few
 //! megabytes per session whatever the table's size.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -71,12 +71,7 @@ impl Pg {
             })?;
             let (queue, batches) = sync_channel::<Vec<u8>>(QUEUE);
             let thread = std::thread::spawn(move || {
-                let mut stderr = child.stderr.take().expect("piped");
-                let errs = std::thread::spawn(move || {
-                    let mut v = Vec::new();
-                    let _ = stderr.read_to_end(&mut v);
-                    v
-                });
+                let errs = tools::read_in_background(child.stderr.take().expect("piped"));
                 let mut stdin = child.stdin.take().expect("piped");
                 for batch in batches {
                     // A session that failed exits; its error is on stderr, read below.

@@ -410,12 +410,7 @@ impl Pg {
             program: "psql".into(),
             source,
         })?;
-        let mut err = child.stderr.take().expect("piped");
-        let errs = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = err.read_to_end(&mut v);
-            v
-        });
+        let errs = tools::read_in_background(child.stderr.take().expect("piped"));
         let mut out = child.stdout.take().expect("piped");
         let mut summer = LineSummer::default();
         let mut buf = vec![0u8; 256 * 1024];

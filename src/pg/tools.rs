@@ -203,6 +203,16 @@ pub fn run_capture(mut cmd: Command, what: &str) -> Result<Vec<u8>, PgError> {
 }
 
 /// The last few non-empty lines of a program's stderr, for an error message.
+/// Reads `r` to its end on a thread of its own (a child's stderr, so that a child that writes
+/// much there never blocks on a full pipe while its other pipes are served).
+pub fn read_in_background<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
 pub fn last_lines(stderr: &[u8]) -> String {
     let text = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
