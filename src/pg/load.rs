@@ -23,13 +23,64 @@ pub struct CopyLoader {
     table: String,
     sessions: Vec<Session>,
     next: usize,
+    rows: Batcher,
+}
+
+/// Cuts COPY text into batches of whole rows, and stops at the end-of-copy marker.
+#[derive(Default)]
+struct Batcher {
     pending: Vec<u8>,
+    /// Where the last newline in `pending` is: a batch ends there.
+    last_newline: Option<usize>,
     /// The end-of-copy marker `\.` was seen: what follows is not data.
     ended: bool,
 }
 
+impl Batcher {
+    /// Takes the next bytes; returns a batch once at least `BATCH` bytes of whole rows wait.
+    /// Each byte is looked at about once, however long a row is.
+    fn push(&mut self, data: &[u8]) -> Option<Vec<u8>> {
+        if self.ended {
+            return None;
+        }
+        if let Some(i) = memchr::memrchr(b'\n', data) {
+            self.last_newline = Some(self.pending.len() + i);
+        }
+        self.pending.extend_from_slice(data);
+        let cut = self.last_newline.filter(|_| self.pending.len() >= BATCH)?;
+        let rest = self.pending.split_off(cut + 1);
+        self.last_newline = None;
+        let batch = std::mem::replace(&mut self.pending, rest);
+        self.rows(batch)
+    }
+
+    /// The rows left at the end of the table's data.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        let last = std::mem::take(&mut self.pending);
+        (!self.ended).then(|| self.rows(last)).flatten()
+    }
+
+    /// `batch` up to the end-of-copy marker, which pg_dump may put after the last row
+    /// (followed only by blank lines, and never a row: COPY writes a backslash as `\\`).
+    fn rows(&mut self, mut batch: Vec<u8>) -> Option<Vec<u8>> {
+        let body = batch.len() - batch.iter().rev().take_while(|&&b| b == b'\n').count();
+        let marker = if &batch[..body] == b"\\." {
+            Some(0)
+        } else if batch[..body].ends_with(b"\n\\.") {
+            Some(body - 2)
+        } else {
+            None
+        };
+        if let Some(end) = marker {
+            batch.truncate(end);
+            self.ended = true;
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
 struct Session {
-    queue: Option<SyncSender<Vec<u8>>>,
+    queue: SyncSender<Vec<u8>>,
     thread: JoinHandle<Result<(), PgError>>,
 }
 
@@ -92,17 +143,13 @@ impl Pg {
                     })
                 }
             });
-            started.push(Session {
-                queue: Some(queue),
-                thread,
-            });
+            started.push(Session { queue, thread });
         }
         Ok(CopyLoader {
             table,
             sessions: started,
             next: 0,
-            pending: Vec::new(),
-            ended: false,
+            rows: Batcher::default(),
         })
     }
 }
@@ -112,32 +159,15 @@ impl CopyLoader {
     /// stopped: [`CopyLoader::finish`] then says why.
     #[must_use]
     pub fn feed(&mut self, data: &[u8]) -> bool {
-        if self.ended {
-            return true;
+        match self.rows.push(data) {
+            Some(batch) => self.send(batch),
+            None => true,
         }
-        self.pending.extend_from_slice(data);
-        while self.pending.len() >= BATCH && !self.ended {
-            let Some(cut) = memchr::memrchr(b'\n', &self.pending) else {
-                // One row longer than a batch: wait for its end.
-                return true;
-            };
-            let rest = self.pending.split_off(cut + 1);
-            let batch = std::mem::replace(&mut self.pending, rest);
-            if !self.send(batch) {
-                return false;
-            }
-        }
-        true
     }
 
     /// Sends the last rows, waits for every session and returns the first failure.
     pub fn finish(mut self) -> Result<(), PgError> {
-        let mut last = std::mem::take(&mut self.pending);
-        if !self.ended && !last.is_empty() {
-            // pg_dump may end the data with the end-of-copy marker without a newline.
-            if last == b"\\." || last.ends_with(b"\n\\.") {
-                last.truncate(last.len() - 2);
-            }
+        if let Some(last) = self.rows.finish() {
             self.send(last);
         }
         let mut first = None;
@@ -157,49 +187,57 @@ impl CopyLoader {
         })
     }
 
-    /// Hands complete rows to the next session, up to the end-of-copy marker; false when
-    /// that session has stopped.
-    fn send(&mut self, mut batch: Vec<u8>) -> bool {
-        if let Some(end) = end_of_copy(&batch) {
-            batch.truncate(end);
-            self.ended = true;
-        }
-        if batch.is_empty() {
-            return true;
-        }
-        let n = self.sessions.len();
-        let session = &self.sessions[self.next % n];
+    /// Hands a batch of rows to the next session; false when that session has stopped.
+    fn send(&mut self, batch: Vec<u8>) -> bool {
+        let session = &self.sessions[self.next % self.sessions.len()];
         self.next += 1;
-        session
-            .queue
-            .as_ref()
-            .is_some_and(|q| q.send(batch).is_ok())
+        session.queue.send(batch).is_ok()
     }
-}
-
-/// Where the end-of-copy line `\.` starts in rows that begin at a line start. A row can never
-/// be `\.`: COPY writes a backslash in data as `\\`.
-fn end_of_copy(rows: &[u8]) -> Option<usize> {
-    if rows.starts_with(b"\\.\n") || rows == b"\\." {
-        return Some(0);
-    }
-    memchr::memmem::find(rows, b"\n\\.\n").map(|i| i + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Everything a batcher hands out, fed in pieces of `piece` bytes.
+    fn batches(data: &[u8], piece: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut b = Batcher::default();
+        let mut out: Vec<Vec<u8>> = data.chunks(piece).filter_map(|c| b.push(c)).collect();
+        out.extend(b.finish());
+        (out, b.ended)
+    }
+
     #[test]
-    fn the_end_of_copy_marker_is_found_only_as_a_whole_line() {
-        assert_eq!(end_of_copy(b"1\n2\n\\.\n\n"), Some(4));
-        assert_eq!(end_of_copy(b"\\.\n"), Some(0));
+    fn batches_hold_whole_rows_and_all_of_them() {
+        let row = |i: usize| format!("{i}\t{}\n", "x".repeat(i % 5000));
+        let text: String = (0..6000).map(row).collect();
+        for piece in [1 << 10, 64 << 10, 3 << 20] {
+            let (out, ended) = batches(text.as_bytes(), piece);
+            assert!(!ended);
+            assert!(out.len() > 1, "{piece}: {} batches", out.len());
+            assert!(out.iter().all(|b| b.ends_with(b"\n")));
+            assert_eq!(out.concat(), text.as_bytes(), "{piece}");
+        }
+    }
+
+    #[test]
+    fn a_row_longer_than_a_batch_stays_whole() {
+        let long = format!("1\t{}\n2\tb\n", "y".repeat(3 * BATCH));
+        let (out, _) = batches(long.as_bytes(), 4096);
+        assert_eq!(out.concat(), long.as_bytes());
+        assert!(out.iter().all(|b| b.ends_with(b"\n")));
+    }
+
+    #[test]
+    fn the_end_of_copy_marker_ends_the_rows_only_as_a_whole_line() {
         assert_eq!(
-            end_of_copy(b"1\t\\\\.\n2\n"),
-            None,
-            "an escaped backslash is data"
+            batches(b"1\n2\n\\.\n\n\n", 3),
+            (vec![b"1\n2\n".to_vec()], true)
         );
-        assert_eq!(end_of_copy(b"\\\\.\n"), None);
-        assert_eq!(end_of_copy(b"1\n2\n"), None);
+        assert_eq!(batches(b"\\.\n", 1).0, Vec::<Vec<u8>>::new());
+        assert_eq!(batches(b"1\n\\.", 64).0, vec![b"1\n".to_vec()]);
+        // An escaped backslash is data; so are empty rows (one empty text column).
+        let data = b"1\t\\\\.\n\\\\.\n\n\n";
+        assert_eq!(batches(data, 5), (vec![data.to_vec()], false));
     }
 }
